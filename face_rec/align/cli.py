@@ -1,0 +1,43 @@
+"""Glue between the Hydra config of ``align.py`` and :func:`face_rec.align.run.run_alignment`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from face_rec.align.run import run_alignment
+
+log = logging.getLogger(__name__)
+
+
+def align_from_config(cfg: DictConfig) -> dict:
+    """Run the alignment job described by ``cfg`` (see ``conf/align.yaml``); return its summary."""
+    input_dir = Path(cfg.input_dir)
+    if not input_dir.is_dir():
+        raise FileNotFoundError(
+            f"input_dir {str(input_dir)!r} does not exist. Set FACE_REC_DATA to the folder that "
+            "holds lfw/ and celeba299/, or pass paths.data_dir=... or input_dir=... on the command line"
+        )
+    detector_cfg = OmegaConf.to_container(cfg.detector, resolve=True)
+    summary = run_alignment(
+        input_dir=input_dir,
+        output_dir=Path(cfg.output_dir),
+        make_detector=instantiate(cfg.detector),
+        settings=instantiate(cfg.settings),
+        workers=cfg.workers,
+        threads_per_worker=cfg.threads_per_worker,
+        chunk_size=cfg.chunk_size,
+        limit=cfg.limit,
+        detector_settings={k: v for k, v in detector_cfg.items() if not k.startswith("_")},
+        seed=cfg.seed,
+    )
+    c = summary["counts"]
+    run = summary["this_run"]
+    print(
+        f"aligned {summary['n_inputs']} files: {c['ok']} ok, {c['fallback']} fallback, "
+        f"{c['failed']} failed; {run['images_per_s']} img/s this run -> {cfg.output_dir}"
+    )
+    return summary

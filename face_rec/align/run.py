@@ -1,0 +1,404 @@
+"""The alignment batch job: an identity-folder tree in, an aligned pack out.
+
+Work is split into fixed chunks of the sorted input list. Each finished chunk is saved atomically
+under ``<output_dir>/.parts``; a killed job run again skips those chunks, and the pack itself
+(``images.npy``, ``manifest.csv``, contact sheets, and ``summary.json`` last, as the completion
+mark) is assembled from the parts in input order, so a resumed run is byte-identical to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from face_rec.align.detect import Face, FaceDetector
+from face_rec.align.sheets import write_contact_sheets
+from face_rec.align.warp import (
+    DegenerateLandmarksError,
+    align_face,
+    box_reduce,
+    center_crop,
+)
+from face_rec.data.images import ImageReadError, is_image_file, load_rgb
+from face_rec.data.pack import MANIFEST_COLUMNS, SUMMARY_NAME, read_summary, write_manifest
+from face_rec.utils.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+PARTS_DIR = ".parts"
+THUMB = 112  # side of the source thumbnails kept for the fallback contact sheet
+
+
+@dataclass(frozen=True)
+class AlignSettings:
+    """How crops are made (everything except the detector, which is passed built)."""
+
+    size: int = 112  #: output side; the ArcFace template scales with it
+    fallback_face_fraction: float = 0.5  #: fallback crop side / shorter image side
+    batch_size: int = 16  #: images of one size detected together
+    max_detect_side: int = 1024  #: larger images are box-reduced for detection only
+
+
+@dataclass(frozen=True)
+class InputFile:
+    source: str  #: path relative to the input root, POSIX separators
+    identity: str
+
+
+@dataclass
+class ChunkResult:
+    """Aligned crops (n, S, S, 3) for the rows whose status is not ``failed``, in row order."""
+
+    rows: list[dict]
+    crops: np.ndarray
+    thumbs: np.ndarray  #: (n_fallback, THUMB, THUMB, 3) sources of the fallback rows
+
+
+# ----------------------------------------------------------------------------- input listing
+
+
+def list_inputs(root: str | Path) -> tuple[list[InputFile], list[str], list[str]]:
+    """Scan ``root/<identity>/<image>``.
+
+    Returns (image files sorted by identity then name, ignored non-image paths, empty identities).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"input_dir {str(root)!r} is not a directory; point input_dir= (or FACE_REC_DATA) at a "
+            "folder of <identity>/<image> files"
+        )
+    files, ignored, empty = [], [], []
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if not entry.is_dir():
+            ignored.append(entry.name)
+            continue
+        found = False
+        for f in sorted(entry.rglob("*"), key=lambda p: p.relative_to(entry).as_posix()):
+            if f.is_dir():
+                continue
+            rel = f.relative_to(root).as_posix()
+            if is_image_file(f):
+                files.append(InputFile(rel, entry.name))
+                found = True
+            else:
+                ignored.append(rel)
+        if not found:
+            empty.append(entry.name)
+    return files, ignored, empty
+
+
+# ----------------------------------------------------------------------------- per-chunk work
+
+
+def align_chunk(
+    root: Path, files: list[InputFile], labels: dict[str, int], detector: FaceDetector,
+    settings: AlignSettings,
+) -> ChunkResult:
+    """Decode, detect, choose and warp every file of one chunk. Never raises for a bad file."""
+    images: list[np.ndarray | None] = []
+    rows: list[dict] = []
+    for f in files:
+        row = {"source": f.source, "identity": f.identity, "label": labels[f.identity],
+               "status": "failed", "det_prob": "", "landmarks": "", "box": "",
+               "width": "", "height": "", "reason": ""}
+        try:
+            img = load_rgb(root / f.source)
+            row["height"], row["width"] = img.shape[:2]
+        except ImageReadError as e:
+            img = None
+            row["reason"] = str(e).replace(str(root) + os.sep, "")
+        images.append(img)
+        rows.append(row)
+    faces = _detect_all(images, detector, settings)
+    crops, thumbs = [], []
+    for img, face, row in zip(images, faces, rows, strict=True):
+        if img is None:
+            continue
+        crop, reason = _crop(img, face, settings)
+        if face is not None:
+            row["det_prob"] = f"{face.prob:.6f}"
+            row["landmarks"] = " ".join(f"{v:.3f}" for v in face.landmarks.reshape(-1))
+            row["box"] = " ".join(f"{v:.2f}" for v in face.box)
+        row["status"] = "fallback" if reason else "ok"
+        row["reason"] = reason
+        crops.append(crop)
+        if reason:
+            thumbs.append(_thumbnail(img))
+    size = settings.size
+    return ChunkResult(
+        rows=rows,
+        crops=np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8),
+        thumbs=np.stack(thumbs) if thumbs else np.zeros((0, THUMB, THUMB, 3), np.uint8),
+    )
+
+
+def _detect_all(
+    images: list[np.ndarray | None], detector: FaceDetector, settings: AlignSettings
+) -> list[Face | str | None]:
+    """One entry per image: a Face, None (no face), or an error message. Batches equal sizes."""
+    out: list[Face | str | None] = [None] * len(images)
+    small: dict[int, tuple[np.ndarray, int]] = {}
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(images):
+        if img is None:
+            continue
+        k = int(np.ceil(max(img.shape[:2]) / settings.max_detect_side))
+        det = img if k <= 1 else np.rint(box_reduce(img, k)).astype(np.uint8)
+        small[i] = (det, max(k, 1))
+        groups.setdefault(det.shape, []).append(i)
+    for _, idx in sorted(groups.items()):
+        for s in range(0, len(idx), settings.batch_size):
+            batch = idx[s : s + settings.batch_size]
+            for i, face in zip(batch, _detect_batch(detector, [small[i][0] for i in batch]),
+                               strict=True):
+                out[i] = _rescale(face, small[i][1])
+    return out
+
+
+def _detect_batch(detector: FaceDetector, images: list[np.ndarray]) -> list[Face | str | None]:
+    try:
+        return list(detector.detect(images))
+    except Exception:  # noqa: BLE001 - isolate the bad image by retrying one at a time
+        if len(images) > 1:
+            return [_detect_batch(detector, [img])[0] for img in images]
+        import traceback
+
+        return [f"detector error: {traceback.format_exc(limit=1).splitlines()[-1]}"]
+
+
+def _rescale(face: Face | str | None, k: int) -> Face | str | None:
+    """Map a face found on a k-times box-reduced image back to full-resolution pixels."""
+    if k == 1 or not isinstance(face, Face):
+        return face
+    off = (k - 1) / 2.0
+    return Face(face.box * k + off, face.prob, face.landmarks * k + off)
+
+
+def _crop(img: np.ndarray, face: Face | str | None, settings: AlignSettings) -> tuple[np.ndarray, str]:
+    """The aligned crop and '' , or the fallback centre crop and why."""
+    if isinstance(face, Face):
+        try:
+            return align_face(img, face.landmarks, settings.size), ""
+        except DegenerateLandmarksError as e:
+            reason = f"degenerate landmarks: {e}"
+    else:
+        reason = face or "no face detected"
+    return center_crop(img, settings.fallback_face_fraction, settings.size), reason
+
+
+def _thumbnail(img: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    pil = Image.fromarray(img)
+    pil.thumbnail((THUMB, THUMB))
+    canvas = np.zeros((THUMB, THUMB, 3), np.uint8)
+    t = np.asarray(pil.convert("RGB"))
+    y, x = (THUMB - t.shape[0]) // 2, (THUMB - t.shape[1]) // 2
+    canvas[y : y + t.shape[0], x : x + t.shape[1]] = t
+    return canvas
+
+
+# ----------------------------------------------------------------------------- worker processes
+
+_worker: dict = {}
+
+
+def _init_worker(make_detector: Callable[[], FaceDetector], threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _worker["detector"] = make_detector()
+
+
+def _work(task: tuple) -> tuple[int, ChunkResult]:
+    index, root, files, labels, settings = task
+    return index, align_chunk(root, files, labels, _worker["detector"], settings)
+
+
+# ----------------------------------------------------------------------------- parts on disk
+
+
+def _part_path(parts: Path, index: int) -> Path:
+    return parts / f"{index:06d}.npz"
+
+
+def _save_part(parts: Path, index: int, result: ChunkResult) -> None:
+    with atomic_path(_part_path(parts, index)) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, crops=result.crops, thumbs=result.thumbs,
+                 rows=np.array(json.dumps(result.rows)))
+
+
+def _load_part(parts: Path, index: int) -> ChunkResult:
+    with np.load(_part_path(parts, index)) as z:
+        return ChunkResult(json.loads(str(z["rows"])), z["crops"], z["thumbs"])
+
+
+def _prepare_parts(output_dir: Path, key: str) -> Path:
+    """The parts folder for ``key``; parts of other settings or inputs are discarded."""
+    parts = output_dir / PARTS_DIR
+    key_file = parts / "key.txt"
+    if parts.exists() and (not key_file.exists() or key_file.read_text() != key):
+        log.warning("discarding partial results in %s made with other settings or inputs", parts)
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    if not key_file.exists():
+        with atomic_path(key_file) as tmp:
+            tmp.write_text(key)
+    return parts
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def run_alignment(
+    input_dir: str | Path,
+    output_dir: str | Path,
+    make_detector: Callable[[], FaceDetector],
+    settings: AlignSettings | None = None,
+    workers: int | None = None,
+    threads_per_worker: int = 1,
+    chunk_size: int = 64,
+    limit: int | None = None,
+    detector_settings: dict | None = None,
+    seed: int = 0,
+) -> dict:
+    """Align every image under ``input_dir`` into a pack in ``output_dir``; return the summary.
+
+    Args:
+        make_detector: builds the detector; called once in each worker process (must pickle).
+        workers: processes (default: one per available core); 0 runs in this process.
+        limit: align only the first ``limit`` files of the sorted list (a quick sample).
+        detector_settings: recorded in the summary and in the resume key.
+    """
+    settings = settings or AlignSettings()
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    files, ignored, empty = list_inputs(input_dir)
+    if limit is not None:
+        files = files[:limit]
+    if not files:
+        raise FileNotFoundError(f"no image files under {str(input_dir)!r} (<identity>/<image>)")
+    labels = {name: i for i, name in enumerate(sorted({f.identity for f in files}))}
+    key = _resume_key(input_dir, files, settings, detector_settings or {})
+    previous = read_summary(output_dir)
+    if previous is not None and previous.get("key") == key:
+        log.info("pack %s is already complete; nothing to do", output_dir)
+        return previous
+    (output_dir / SUMMARY_NAME).unlink(missing_ok=True)  # the pack is incomplete from here on
+    parts = _prepare_parts(output_dir, key)
+    chunks = [files[i : i + chunk_size] for i in range(0, len(files), chunk_size)]
+    todo = [i for i in range(len(chunks)) if not _part_path(parts, i).exists()]
+    n_todo = sum(len(chunks[i]) for i in todo)
+    start = time.perf_counter()
+    tasks = ((i, input_dir, chunks[i], labels, settings) for i in todo)
+    with tqdm(total=len(files), initial=len(files) - n_todo, unit="img", desc="align") as bar:
+        for index, result in _execute(tasks, make_detector, workers, threads_per_worker):
+            _save_part(parts, index, result)
+            bar.update(len(result.rows))
+    aligned_s = time.perf_counter() - start
+    summary = _assemble(output_dir, parts, len(chunks), settings, seed)
+    summary.update(
+        key=key, input_dir=str(input_dir), n_inputs=len(files), n_identities=len(labels),
+        ignored_files=ignored, empty_identities=empty,
+        settings=asdict(settings), detector=detector_settings or {},
+        versions=_versions(), workers=_n_workers(workers),
+        this_run={"images_processed": n_todo, "resumed_images": len(files) - n_todo,
+                  "wall_time_s": round(time.perf_counter() - start, 2),
+                  "images_per_s": round(n_todo / aligned_s, 2) if aligned_s > 0 else None},
+    )
+    write_json(output_dir / SUMMARY_NAME, summary)
+    shutil.rmtree(parts)
+    return summary
+
+
+def _execute(
+    tasks: Iterator[tuple], make_detector: Callable[[], FaceDetector], workers: int | None,
+    threads: int,
+) -> Iterator[tuple[int, ChunkResult]]:
+    n = _n_workers(workers)
+    if n == 0:
+        _init_worker(make_detector, threads)
+        yield from map(_work, tasks)
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(n, initializer=_init_worker, initargs=(make_detector, threads)) as pool:
+        yield from pool.imap_unordered(_work, tasks)
+
+
+def _n_workers(workers: int | None) -> int:
+    return len(os.sched_getaffinity(0)) if workers is None else int(workers)
+
+
+def _assemble(output_dir: Path, parts: Path, n_chunks: int, settings: AlignSettings,
+              seed: int) -> dict:
+    """Concatenate the parts in input order into images.npy, manifest.csv and contact sheets."""
+    n_rows = 0
+    for i in range(n_chunks):
+        with np.load(_part_path(parts, i)) as z:
+            n_rows += len(z["crops"])
+    size = settings.size
+    rows: list[dict] = []
+    thumbs = []
+    with atomic_path(output_dir / "images.npy") as tmp:
+        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                           shape=(n_rows, size, size, 3))
+        at = 0
+        for i in range(n_chunks):
+            part = _load_part(parts, i)
+            images[at : at + len(part.crops)] = part.crops
+            thumbs.extend(part.thumbs)
+            for row in part.rows:
+                row["image_index"] = at if row["status"] != "failed" else -1
+                at += row["status"] != "failed"
+            rows.extend(part.rows)
+        images.flush()
+        del images
+    write_manifest(output_dir / "manifest.csv", rows)
+    images = np.load(output_dir / "images.npy", mmap_mode="r")
+    write_contact_sheets(output_dir, images, rows, thumbs, seed)
+    counts = Counter(r["status"] for r in rows)
+    reasons = Counter(r["reason"].split(":")[0] for r in rows if r["reason"])
+    return {
+        "complete": True,
+        "n_images": n_rows,
+        "image_shape": [size, size, 3],
+        "counts": {s: counts.get(s, 0) for s in ("ok", "fallback", "failed")},
+        "ok_fraction": round(counts.get("ok", 0) / max(len(rows), 1), 6),
+        "reasons": dict(reasons.most_common()),
+        "columns": list(MANIFEST_COLUMNS),
+    }
+
+
+def _resume_key(root: Path, files: list[InputFile], settings: AlignSettings,
+                detector: dict) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([asdict(settings), detector], sort_keys=True, default=str).encode())
+    for f in files:
+        st = (root / f.source).stat()
+        h.update(f"{f.source}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("face_rec", "torch", "torchvision", "facenet-pytorch", "numpy", "pillow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
