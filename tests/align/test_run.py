@@ -1,0 +1,152 @@
+"""The alignment job on synthetic input: bad files, statuses, ordering, resume, atomicity."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from face_rec.align.detect import Face
+from face_rec.align.run import AlignSettings, run_alignment
+from face_rec.align.warp import ARCFACE_TEMPLATE_112
+from face_rec.data.pack import IncompletePackError, PackedFaces, read_manifest, read_summary
+
+
+class FakeDetector:
+    """Finds a 'face' (template x 1.5 + 20 px) in images of 32+ px brighter than 100 on average."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.calls = 0
+        self.fail_after = fail_after
+
+    def detect(self, images):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt("simulated kill")
+        lm = ARCFACE_TEMPLATE_112 * 1.5 + 20
+        return [Face(np.array([20, 20, 200, 200.0]), 0.99, lm) 
+                if img.mean() > 100 and min(img.shape[:2]) >= 32 else None
+                for img in images]
+
+
+def _write(path, array, **kw):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **kw)
+
+
+def _tree(root, n_ids=5, per_id=4, seed=0):
+    rng = np.random.default_rng(seed)
+    for i in range(n_ids):
+        for j in range(per_id):
+            base = 150 if (i + j) % 3 else 40  # some bright ('face'), some dark ('no face')
+            img = np.clip(rng.normal(base, 30, (240, 240, 3)), 0, 255).astype(np.uint8)
+            _write(root / f"id{i:02d}" / f"img{j}.png", img)
+    return root
+
+
+def test_bad_inputs_are_reported_and_never_stop_the_job(tmp_path):
+    root = tmp_path / "in"
+    rng = np.random.default_rng(0)
+    bright = np.clip(rng.normal(160, 20, (200, 180, 3)), 0, 255).astype(np.uint8)
+    _write(root / "a" / "good.jpg", bright)
+    (root / "a" / "zero.jpg").write_bytes(b"")
+    full = (root / "a" / "good.jpg").read_bytes()
+    (root / "a" / "truncated.jpg").write_bytes(full[: len(full) // 3])
+    (root / "a" / "text.jpg").write_text("this is not a jpeg\n")
+    _write(root / "b" / "tiny.png", bright[:8, :8])
+    _write(root / "b" / "grey.pgm", bright[..., 0])
+    _write(root / "b" / "rgba.png", np.dstack([bright, np.full(bright.shape[:2], 128, np.uint8)]))
+    Image.fromarray(bright).convert("CMYK").save(root / "b" / "cmyk.jpg")
+    Image.fromarray(bright).convert("P").save(root / "b" / "palette.bmp")
+    Image.fromarray(bright).save(root / "b" / "photo.webp")
+    Image.fromarray(bright[..., 0].astype(np.uint16) * 200).save(root / "b" / "deep16.png")
+    _write(root / "Zoë Saldaña" / "née 01.jpg", bright)
+    (root / "b" / "notes.txt").write_text("not an image")
+    (root / "empty_id").mkdir()
+    (root / "stray.jpg").write_bytes(full)
+
+    summary = run_alignment(root, tmp_path / "pack", FakeDetector, workers=0, chunk_size=4)
+    rows = {r["source"]: r for r in read_manifest(tmp_path / "pack" / "manifest.csv")}
+    status = {k: v["status"] for k, v in rows.items()}
+    assert status["a/zero.jpg"] == "failed" and "empty" in rows["a/zero.jpg"]["reason"]
+    assert status["a/truncated.jpg"] == "failed" and "truncated" in rows["a/truncated.jpg"]["reason"]
+    assert status["a/text.jpg"] == "failed" and "cannot decode" in rows["a/text.jpg"]["reason"]
+    assert status["b/tiny.png"] == "fallback"
+    for name in ("grey.pgm", "rgba.png", "cmyk.jpg", "palette.bmp", "photo.webp", "deep16.png"):
+        assert status[f"b/{name}"] == "ok", (name, rows[f"b/{name}"]["reason"])
+    assert status["Zoë Saldaña/née 01.jpg"] == "ok"
+    assert summary["counts"] == {"ok": 8, "fallback": 1, "failed": 3}
+    assert summary["empty_identities"] == ["empty_id"]
+    assert set(summary["ignored_files"]) == {"b/notes.txt", "stray.jpg"}
+    images = np.load(tmp_path / "pack" / "images.npy", mmap_mode="r")
+    assert images.shape == (9, 112, 112, 3) and images.dtype == np.uint8
+    assert sorted(r["image_index"] for r in rows.values()) == [-1, -1, -1, *range(9)]
+
+
+def test_manifest_order_labels_and_columns(tmp_path):
+    root = _tree(tmp_path / "in", n_ids=3, per_id=3)
+    run_alignment(root, tmp_path / "pack", FakeDetector, workers=0, chunk_size=2)
+    with open(tmp_path / "pack" / "manifest.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        required = {"source", "identity", "label", "status", "image_index", "det_prob",
+                    "landmarks", "reason"}
+        assert required <= set(reader.fieldnames)
+        rows = list(reader)
+    assert [r["source"] for r in rows] == sorted(r["source"] for r in rows)
+    assert [int(r["label"]) for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok[0]["landmarks"].split()) == 10
+    np.testing.assert_allclose(np.array(ok[0]["landmarks"].split(), float).reshape(5, 2),
+                               ARCFACE_TEMPLATE_112 * 1.5 + 20, atol=1e-3)
+    assert all(r["reason"] == "no face detected" for r in rows if r["status"] == "fallback")
+
+
+def _interrupting(calls):
+    def make():
+        return FakeDetector(fail_after=calls)
+    return make
+
+
+def test_interrupted_job_resumes_to_the_identical_pack(tmp_path):
+    root = _tree(tmp_path / "in", n_ids=6, per_id=5)
+    run_alignment(root, tmp_path / "whole", FakeDetector, workers=0, chunk_size=4)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_alignment(root, tmp_path / "resumed", _interrupting(7), workers=0, chunk_size=4)
+    assert read_summary(tmp_path / "resumed") is None
+    with pytest.raises(IncompletePackError, match="align.py"):
+        PackedFaces(tmp_path / "resumed")
+    done = len(list((tmp_path / "resumed" / ".parts").glob("*.npz")))
+    assert 0 < done < 8
+
+    summary = run_alignment(root, tmp_path / "resumed", FakeDetector, workers=0, chunk_size=4)
+    assert summary["this_run"]["resumed_images"] == done * 4
+    for name in ("images.npy", "manifest.csv"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes()
+    assert not (tmp_path / "resumed" / ".parts").exists()
+
+
+def test_complete_pack_is_not_redone_but_new_settings_are(tmp_path):
+    root = _tree(tmp_path / "in", n_ids=2, per_id=2)
+    first = run_alignment(root, tmp_path / "pack", FakeDetector, workers=0)
+    again = run_alignment(root, tmp_path / "pack", _interrupting(0), workers=0)  # would raise
+    assert again["key"] == first["key"]
+    bigger = run_alignment(root, tmp_path / "pack", FakeDetector, AlignSettings(size=128),
+                           workers=0)
+    assert bigger["key"] != first["key"]
+    assert np.load(tmp_path / "pack" / "images.npy").shape[1:] == (128, 128, 3)
+
+
+def test_missing_input_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        run_alignment(tmp_path / "nowhere", tmp_path / "pack", FakeDetector, workers=0)
+
+
+def test_contact_sheets_are_written(tmp_path):
+    root = _tree(tmp_path / "in", n_ids=3, per_id=4)
+    run_alignment(root, tmp_path / "pack", FakeDetector, workers=0)
+    for name in ("sheet_random.png", "sheet_fallbacks.png"):
+        with Image.open(tmp_path / "pack" / name) as im:
+            assert im.width >= 112 and im.height >= 112
