@@ -19,7 +19,8 @@ def align_from_config(cfg: DictConfig) -> dict:
     if not input_dir.is_dir():
         raise FileNotFoundError(
             f"input_dir {str(input_dir)!r} does not exist. Set FACE_REC_DATA to the folder that "
-            "holds lfw/ and celeba299/, or pass paths.data_dir=... or input_dir=... on the command line"
+            "holds lfw/ and celeba299/, or pass paths.data_dir=... or input_dir=... on the "
+            "command line"
         )
     detector_cfg = OmegaConf.to_container(cfg.detector, resolve=True)
     summary = run_alignment(

@@ -12,11 +12,15 @@ SELECTION_METHODS = ("center_weighted_size", "largest", "probability")
 
 @dataclass(frozen=True)
 class Face:
-    """One detected face in source-image pixels: box (4,) x1 y1 x2 y2, prob, landmarks (5, 2)."""
+    """One detected face in source-image pixels: box (4,) x1 y1 x2 y2, prob, landmarks (5, 2).
+
+    ``confident`` is False when no face in the image reached the detector's ``min_prob``.
+    """
 
     box: np.ndarray
     prob: float
     landmarks: np.ndarray
+    confident: bool = True
 
 
 def choose_face(
@@ -25,8 +29,11 @@ def choose_face(
     image_hw: tuple[int, int],
     method: str = "center_weighted_size",
     center_weight: float = 2.0,
+    min_prob: float = 0.0,
 ) -> int:
     """Index of the face the photo is about among ``boxes`` (N, 4), ``probs`` (N,).
+
+    Only faces with ``probs >= min_prob`` compete, unless there are none.
 
     Methods:
         ``center_weighted_size``: box area minus ``center_weight`` x squared distance (px^2) of
@@ -47,13 +54,20 @@ def choose_face(
         cy = (boxes[:, 1] + boxes[:, 3]) / 2 - h / 2
         score = area - center_weight * (cx**2 + cy**2)
     else:
-        raise ValueError(f"unknown face selection method {method!r}; use one of {SELECTION_METHODS}")
+        raise ValueError(
+            f"unknown face selection method {method!r}; use one of {SELECTION_METHODS}"
+        )
+    probs = np.asarray(probs, dtype=np.float64)
+    if (probs >= min_prob).any():
+        score = np.where(probs >= min_prob, score, -np.inf)
     return int(np.argmax(score))
 
 
 class FaceDetector:
     """facenet-pytorch MTCNN with its bundled weights, returning the chosen face per image.
 
+    ``thresholds`` are MTCNN's three stage thresholds; a face below ``min_prob`` is still
+    returned (marked not ``confident``) so the caller can record it.
     The three MTCNN networks run in channels_last memory format: the same weights and boxes, and
     max-pooling on this layout is several times faster on CPU.
     """
@@ -65,6 +79,7 @@ class FaceDetector:
         factor: float = 0.709,
         selection: str = "center_weighted_size",
         center_weight: float = 2.0,
+        min_prob: float = 0.9,
         device: str = "cpu",
     ) -> None:
         from facenet_pytorch import MTCNN  # heavy import, kept out of module import time
@@ -78,6 +93,7 @@ class FaceDetector:
         self.min_face_size = int(min_face_size)
         self.selection = selection
         self.center_weight = float(center_weight)
+        self.min_prob = float(min_prob)
         self.mtcnn = MTCNN(
             min_face_size=min_face_size,
             thresholds=list(thresholds),
@@ -105,5 +121,7 @@ class FaceDetector:
                 faces.append(None)
                 continue
             k = choose_face(b, p, (h, w), self.selection, self.center_weight)
-            faces.append(Face(np.asarray(b[k], np.float64), float(p[k]), np.asarray(pts[k], np.float64)))
+            faces.append(
+                Face(np.asarray(b[k], np.float64), float(p[k]), np.asarray(pts[k], np.float64))
+            )
         return faces

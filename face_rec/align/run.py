@@ -105,16 +105,28 @@ def list_inputs(root: str | Path) -> tuple[list[InputFile], list[str], list[str]
 
 
 def align_chunk(
-    root: Path, files: list[InputFile], labels: dict[str, int], detector: FaceDetector,
+    root: Path,
+    files: list[InputFile],
+    labels: dict[str, int],
+    detector: FaceDetector,
     settings: AlignSettings,
 ) -> ChunkResult:
     """Decode, detect, choose and warp every file of one chunk. Never raises for a bad file."""
     images: list[np.ndarray | None] = []
     rows: list[dict] = []
     for f in files:
-        row = {"source": f.source, "identity": f.identity, "label": labels[f.identity],
-               "status": "failed", "det_prob": "", "landmarks": "", "box": "",
-               "width": "", "height": "", "reason": ""}
+        row = {
+            "source": f.source,
+            "identity": f.identity,
+            "label": labels[f.identity],
+            "status": "failed",
+            "det_prob": "",
+            "landmarks": "",
+            "box": "",
+            "width": "",
+            "height": "",
+            "reason": "",
+        }
         try:
             img = load_rgb(root / f.source)
             row["height"], row["width"] = img.shape[:2]
@@ -163,8 +175,9 @@ def _detect_all(
     for _, idx in sorted(groups.items()):
         for s in range(0, len(idx), settings.batch_size):
             batch = idx[s : s + settings.batch_size]
-            for i, face in zip(batch, _detect_batch(detector, [small[i][0] for i in batch]),
-                               strict=True):
+            for i, face in zip(
+                batch, _detect_batch(detector, [small[i][0] for i in batch]), strict=True
+            ):
                 out[i] = _rescale(face, small[i][1])
     return out
 
@@ -185,12 +198,16 @@ def _rescale(face: Face | str | None, k: int) -> Face | str | None:
     if k == 1 or not isinstance(face, Face):
         return face
     off = (k - 1) / 2.0
-    return Face(face.box * k + off, face.prob, face.landmarks * k + off)
+    return Face(face.box * k + off, face.prob, face.landmarks * k + off, face.confident)
 
 
-def _crop(img: np.ndarray, face: Face | str | None, settings: AlignSettings) -> tuple[np.ndarray, str]:
+def _crop(
+    img: np.ndarray, face: Face | str | None, settings: AlignSettings
+) -> tuple[np.ndarray, str]:
     """The aligned crop and '' , or the fallback centre crop and why."""
-    if isinstance(face, Face):
+    if isinstance(face, Face) and not face.confident:
+        reason = f"low-confidence face only (p={face.prob:.3f})"
+    elif isinstance(face, Face):
         try:
             return align_face(img, face.landmarks, settings.size), ""
         except DegenerateLandmarksError as e:
@@ -238,8 +255,9 @@ def _part_path(parts: Path, index: int) -> Path:
 
 def _save_part(parts: Path, index: int, result: ChunkResult) -> None:
     with atomic_path(_part_path(parts, index)) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, crops=result.crops, thumbs=result.thumbs,
-                 rows=np.array(json.dumps(result.rows)))
+        np.savez(
+            fh, crops=result.crops, thumbs=result.thumbs, rows=np.array(json.dumps(result.rows))
+        )
 
 
 def _load_part(parts: Path, index: int) -> ChunkResult:
@@ -311,13 +329,22 @@ def run_alignment(
     aligned_s = time.perf_counter() - start
     summary = _assemble(output_dir, parts, len(chunks), settings, seed)
     summary.update(
-        key=key, input_dir=str(input_dir), n_inputs=len(files), n_identities=len(labels),
-        ignored_files=ignored, empty_identities=empty,
-        settings=asdict(settings), detector=detector_settings or {},
-        versions=_versions(), workers=_n_workers(workers),
-        this_run={"images_processed": n_todo, "resumed_images": len(files) - n_todo,
-                  "wall_time_s": round(time.perf_counter() - start, 2),
-                  "images_per_s": round(n_todo / aligned_s, 2) if aligned_s > 0 else None},
+        key=key,
+        input_dir=str(input_dir),
+        n_inputs=len(files),
+        n_identities=len(labels),
+        ignored_files=ignored,
+        empty_identities=empty,
+        settings=asdict(settings),
+        detector=detector_settings or {},
+        versions=_versions(),
+        workers=_n_workers(workers),
+        this_run={
+            "images_processed": n_todo,
+            "resumed_images": len(files) - n_todo,
+            "wall_time_s": round(time.perf_counter() - start, 2),
+            "images_per_s": round(n_todo / aligned_s, 2) if aligned_s > 0 else None,
+        },
     )
     write_json(output_dir / SUMMARY_NAME, summary)
     shutil.rmtree(parts)
@@ -325,7 +352,9 @@ def run_alignment(
 
 
 def _execute(
-    tasks: Iterator[tuple], make_detector: Callable[[], FaceDetector], workers: int | None,
+    tasks: Iterator[tuple],
+    make_detector: Callable[[], FaceDetector],
+    workers: int | None,
     threads: int,
 ) -> Iterator[tuple[int, ChunkResult]]:
     n = _n_workers(workers)
@@ -342,8 +371,9 @@ def _n_workers(workers: int | None) -> int:
     return len(os.sched_getaffinity(0)) if workers is None else int(workers)
 
 
-def _assemble(output_dir: Path, parts: Path, n_chunks: int, settings: AlignSettings,
-              seed: int) -> dict:
+def _assemble(
+    output_dir: Path, parts: Path, n_chunks: int, settings: AlignSettings, seed: int
+) -> dict:
     """Concatenate the parts in input order into images.npy, manifest.csv and contact sheets."""
     n_rows = 0
     for i in range(n_chunks):
@@ -353,8 +383,9 @@ def _assemble(output_dir: Path, parts: Path, n_chunks: int, settings: AlignSetti
     rows: list[dict] = []
     thumbs = []
     with atomic_path(output_dir / "images.npy") as tmp:
-        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                           shape=(n_rows, size, size, 3))
+        images = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.uint8, shape=(n_rows, size, size, 3)
+        )
         at = 0
         for i in range(n_chunks):
             part = _load_part(parts, i)
@@ -382,8 +413,7 @@ def _assemble(output_dir: Path, parts: Path, n_chunks: int, settings: AlignSetti
     }
 
 
-def _resume_key(root: Path, files: list[InputFile], settings: AlignSettings,
-                detector: dict) -> str:
+def _resume_key(root: Path, files: list[InputFile], settings: AlignSettings, detector: dict) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([asdict(settings), detector], sort_keys=True, default=str).encode())
     for f in files:

@@ -28,8 +28,13 @@ def _save_png(path: Path, sheet: np.ndarray) -> None:
 
 
 def write_contact_sheets(
-    out_dir: Path, images: np.ndarray, rows: Sequence[dict], fallback_thumbs: Sequence[np.ndarray],
-    seed: int = 0, n_random: int = 64, n_fallback: int = 48,
+    out_dir: Path,
+    images: np.ndarray,
+    rows: Sequence[dict],
+    fallback_thumbs: Sequence[np.ndarray],
+    seed: int = 0,
+    n_random: int = 64,
+    n_fallback: int = 48,
 ) -> None:
     """Write ``sheet_random.png`` (random aligned ``ok`` crops) and ``sheet_fallbacks.png``
     (each fallback's source thumbnail beside its crop; the first ``n_fallback``)."""

@@ -25,3 +25,10 @@ def test_probability_picks_the_most_probable():
 def test_unknown_method_names_the_value():
     with pytest.raises(ValueError, match="'biggest'"):
         choose_face(BOXES, PROBS, (250, 250), "biggest")
+
+
+def test_min_prob_excludes_weak_faces_unless_all_are_weak():
+    probs = np.array([0.95, 0.80])  # the central face is weak: the large one wins
+    assert choose_face(BOXES, probs, (250, 250), min_prob=0.9) == 0
+    assert choose_face(BOXES, probs, (250, 250), min_prob=0.0) == 1
+    assert choose_face(BOXES, np.array([0.5, 0.6]), (250, 250), min_prob=0.9) == 1

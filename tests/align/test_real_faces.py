@@ -8,11 +8,10 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from skimage.transform import SimilarityTransform, warp
 
 from face_rec.align.detect import FaceDetector
+from face_rec.align.quality import landmark_errors, reference_crop
 from face_rec.align.run import run_alignment
-from face_rec.align.warp import ARCFACE_TEMPLATE_112
 from face_rec.data.images import load_rgb
 from face_rec.data.pack import read_manifest
 
@@ -29,25 +28,10 @@ def _sample(images_root, n_ids, per_id, dst):
     return dst
 
 
-def _landmark_errors(crops, detector):
-    """Mean distance (px) of the 5 landmarks MTCNN finds on each crop from the template's."""
-    errors = []
-    for face in detector.detect(list(crops)):
-        assert face is not None, "MTCNN finds no face on an aligned crop"
-        errors.append(np.linalg.norm(face.landmarks - ARCFACE_TEMPLATE_112, axis=1).mean())
-    return np.array(errors)
-
-
-def _reference_crop(image, landmarks):
-    """scikit-image's similarity fit and bilinear warp: the reference our warp is judged by."""
-    tf = SimilarityTransform.from_estimate(landmarks, ARCFACE_TEMPLATE_112)
-    out = warp(image, tf.inverse, output_shape=(112, 112), order=1, preserve_range=True)
-    return np.rint(out).astype(np.uint8)
-
-
 @pytest.mark.parametrize("dataset,n_ids,min_face", [("lfw", 6, 40), ("celeba299", 4, 16)])
-def test_real_faces_align_onto_the_template(dataset, n_ids, min_face, data_root, tmp_path,
-                                            detector):
+def test_real_faces_align_onto_the_template(
+    dataset, n_ids, min_face, data_root, tmp_path, detector
+):
     src = _sample(data_root / dataset / "images", n_ids, 2, tmp_path / "in")
     make = functools.partial(FaceDetector, min_face_size=min_face, device="cpu")
     summary = run_alignment(src, tmp_path / "pack", make, workers=0)
@@ -55,14 +39,18 @@ def test_real_faces_align_onto_the_template(dataset, n_ids, min_face, data_root,
     assert summary["counts"]["ok"] >= summary["n_inputs"] - 1
     rows = [r for r in read_manifest(tmp_path / "pack" / "manifest.csv") if r["status"] == "ok"]
     ours = np.load(tmp_path / "pack" / "images.npy")[[r["image_index"] for r in rows]]
-    refs = np.stack([
-        _reference_crop(load_rgb(src / r["source"]),
-                        np.array(r["landmarks"].split(), float).reshape(5, 2))
-        for r in rows
-    ])
+    refs = np.stack(
+        [
+            reference_crop(
+                load_rgb(src / r["source"]), np.array(r["landmarks"].split(), float).reshape(5, 2)
+            )
+            for r in rows
+        ]
+    )
     assert np.abs(ours.astype(int) - refs).max() <= 1
     # MTCNN's own landmark noise on 112 px crops is several px: compare with the reference warp
-    err_ours, err_ref = _landmark_errors(ours, detector), _landmark_errors(refs, detector)
+    err_ours, err_ref = landmark_errors(ours, detector), landmark_errors(refs, detector)
+    assert not np.isnan(err_ours).any() and not np.isnan(err_ref).any()
     assert abs(err_ours.mean() - err_ref.mean()) < 0.5, (err_ours, err_ref)
     assert err_ours.mean() < 12.0, err_ours  # blurry upscaled small faces are noisier
 
@@ -81,7 +69,9 @@ def test_formats_and_sizes_of_a_real_face(lfw_root, tmp_path, detector):
     face.save(d / "raw.ppm")
     face.resize((6000, 6000), Image.BILINEAR).save(d / "huge.jpg", quality=90)
     summary = run_alignment(tmp_path / "in", tmp_path / "pack", make_detector, workers=0)
-    rows = {r["source"].split("/")[-1]: r for r in read_manifest(tmp_path / "pack" / "manifest.csv")}
+    rows = {
+        r["source"].split("/")[-1]: r for r in read_manifest(tmp_path / "pack" / "manifest.csv")
+    }
     assert summary["counts"]["ok"] == 8, {k: r["reason"] for k, r in rows.items()}
 
     def landmarks(name, scale=1.0):
@@ -102,4 +92,6 @@ def test_worker_processes_give_byte_identical_packs(lfw_root, tmp_path):
     make = functools.partial(FaceDetector, min_face_size=40, device="cpu")
     run_alignment(src, tmp_path / "one", make, workers=0, chunk_size=8)
     run_alignment(src, tmp_path / "two", make, workers=2, chunk_size=8)
-    assert (tmp_path / "one" / "images.npy").read_bytes() == (tmp_path / "two" / "images.npy").read_bytes()
+    assert (tmp_path / "one" / "images.npy").read_bytes() == (
+        tmp_path / "two" / "images.npy"
+    ).read_bytes()

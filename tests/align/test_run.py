@@ -26,9 +26,12 @@ class FakeDetector:
         if self.fail_after is not None and self.calls > self.fail_after:
             raise KeyboardInterrupt("simulated kill")
         lm = ARCFACE_TEMPLATE_112 * 1.5 + 20
-        return [Face(np.array([20, 20, 200, 200.0]), 0.99, lm) 
-                if img.mean() > 100 and min(img.shape[:2]) >= 32 else None
-                for img in images]
+        return [
+            Face(np.array([20, 20, 200, 200.0]), 0.99, lm)
+            if img.mean() > 100 and min(img.shape[:2]) >= 32
+            else None
+            for img in images
+        ]
 
 
 def _write(path, array, **kw):
@@ -71,7 +74,9 @@ def test_bad_inputs_are_reported_and_never_stop_the_job(tmp_path):
     rows = {r["source"]: r for r in read_manifest(tmp_path / "pack" / "manifest.csv")}
     status = {k: v["status"] for k, v in rows.items()}
     assert status["a/zero.jpg"] == "failed" and "empty" in rows["a/zero.jpg"]["reason"]
-    assert status["a/truncated.jpg"] == "failed" and "truncated" in rows["a/truncated.jpg"]["reason"]
+    assert (
+        status["a/truncated.jpg"] == "failed" and "truncated" in rows["a/truncated.jpg"]["reason"]
+    )
     assert status["a/text.jpg"] == "failed" and "cannot decode" in rows["a/text.jpg"]["reason"]
     assert status["b/tiny.png"] == "fallback"
     for name in ("grey.pgm", "rgba.png", "cmyk.jpg", "palette.bmp", "photo.webp", "deep16.png"):
@@ -90,22 +95,34 @@ def test_manifest_order_labels_and_columns(tmp_path):
     run_alignment(root, tmp_path / "pack", FakeDetector, workers=0, chunk_size=2)
     with open(tmp_path / "pack" / "manifest.csv", newline="") as fh:
         reader = csv.DictReader(fh)
-        required = {"source", "identity", "label", "status", "image_index", "det_prob",
-                    "landmarks", "reason"}
+        required = {
+            "source",
+            "identity",
+            "label",
+            "status",
+            "image_index",
+            "det_prob",
+            "landmarks",
+            "reason",
+        }
         assert required <= set(reader.fieldnames)
         rows = list(reader)
     assert [r["source"] for r in rows] == sorted(r["source"] for r in rows)
     assert [int(r["label"]) for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok[0]["landmarks"].split()) == 10
-    np.testing.assert_allclose(np.array(ok[0]["landmarks"].split(), float).reshape(5, 2),
-                               ARCFACE_TEMPLATE_112 * 1.5 + 20, atol=1e-3)
+    np.testing.assert_allclose(
+        np.array(ok[0]["landmarks"].split(), float).reshape(5, 2),
+        ARCFACE_TEMPLATE_112 * 1.5 + 20,
+        atol=1e-3,
+    )
     assert all(r["reason"] == "no face detected" for r in rows if r["status"] == "fallback")
 
 
 def _interrupting(calls):
     def make():
         return FakeDetector(fail_after=calls)
+
     return make
 
 
@@ -124,7 +141,9 @@ def test_interrupted_job_resumes_to_the_identical_pack(tmp_path):
     summary = run_alignment(root, tmp_path / "resumed", FakeDetector, workers=0, chunk_size=4)
     assert summary["this_run"]["resumed_images"] == done * 4
     for name in ("images.npy", "manifest.csv"):
-        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes()
+        assert (tmp_path / "whole" / name).read_bytes() == (
+            tmp_path / "resumed" / name
+        ).read_bytes()
     assert not (tmp_path / "resumed" / ".parts").exists()
 
 
@@ -133,8 +152,9 @@ def test_complete_pack_is_not_redone_but_new_settings_are(tmp_path):
     first = run_alignment(root, tmp_path / "pack", FakeDetector, workers=0)
     again = run_alignment(root, tmp_path / "pack", _interrupting(0), workers=0)  # would raise
     assert again["key"] == first["key"]
-    bigger = run_alignment(root, tmp_path / "pack", FakeDetector, AlignSettings(size=128),
-                           workers=0)
+    bigger = run_alignment(
+        root, tmp_path / "pack", FakeDetector, AlignSettings(size=128), workers=0
+    )
     assert bigger["key"] != first["key"]
     assert np.load(tmp_path / "pack" / "images.npy").shape[1:] == (128, 128, 3)
 

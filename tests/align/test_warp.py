@@ -34,8 +34,9 @@ def test_template_scales_with_crop_size():
     np.testing.assert_allclose(arcface_template(112)[0], [38.2946, 51.6963])
 
 
-@pytest.mark.parametrize("angle,scale,shift", [(0.3, 0.5, (10, -4)), (-1.2, 2.7, (-50, 80)),
-                                               (np.pi - 0.1, 1.0, (0, 0))])
+@pytest.mark.parametrize(
+    "angle,scale,shift", [(0.3, 0.5, (10, -4)), (-1.2, 2.7, (-50, 80)), (np.pi - 0.1, 1.0, (0, 0))]
+)
 def test_known_similarity_is_recovered_exactly(angle, scale, shift):
     truth = _similarity(angle, scale, shift)
     src = ARCFACE_TEMPLATE_112
@@ -48,16 +49,20 @@ def test_least_squares_fit_matches_scikit_image():
     src = ARCFACE_TEMPLATE_112 * 1.7 + rng.normal(0, 3, (5, 2)) + 40
     ref = SimilarityTransform.from_estimate(src, ARCFACE_TEMPLATE_112)
     assert ref
-    np.testing.assert_allclose(umeyama_similarity(src, ARCFACE_TEMPLATE_112), ref.params[:2],
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        umeyama_similarity(src, ARCFACE_TEMPLATE_112), ref.params[:2], atol=1e-9
+    )
 
 
-@pytest.mark.parametrize("points", [
-    np.full((5, 2), 100.0),                                   # all equal
-    np.stack([np.arange(5.0) * 10, np.arange(5.0) * 5], 1),   # collinear
-    np.stack([np.arange(5.0), np.zeros(5)], 1) + [[0, 0], [0, 0], [0, 1e-6], [0, 0], [0, 0]],
-    np.where(np.eye(5, 2) > 0, np.nan, 50.0),                 # NaN
-])
+@pytest.mark.parametrize(
+    "points",
+    [
+        np.full((5, 2), 100.0),  # all equal
+        np.stack([np.arange(5.0) * 10, np.arange(5.0) * 5], 1),  # collinear
+        np.stack([np.arange(5.0), np.zeros(5)], 1) + [[0, 0], [0, 0], [0, 1e-6], [0, 0], [0, 0]],
+        np.where(np.eye(5, 2) > 0, np.nan, 50.0),  # NaN
+    ],
+)
 def test_degenerate_landmarks_raise(points):
     with pytest.raises(DegenerateLandmarksError):
         umeyama_similarity(points, ARCFACE_TEMPLATE_112)
@@ -69,10 +74,26 @@ def test_bilinear_warp_matches_scikit_image():
     m = _similarity(0.4, 0.9, (20.5, -10.25))
     ours = warp_affine(image, m, 112).astype(int)
     inverse = SimilarityTransform(matrix=np.vstack([m, [0, 0, 1]])).inverse
-    ref = warp(image, inverse, output_shape=(112, 112), order=1, mode="constant", cval=0,
-               preserve_range=True)
-    inside = warp(np.ones(image.shape[:2]), inverse, output_shape=(112, 112), order=1,
-                  mode="constant", cval=0) > 0.999
+    ref = warp(
+        image,
+        inverse,
+        output_shape=(112, 112),
+        order=1,
+        mode="constant",
+        cval=0,
+        preserve_range=True,
+    )
+    inside = (
+        warp(
+            np.ones(image.shape[:2]),
+            inverse,
+            output_shape=(112, 112),
+            order=1,
+            mode="constant",
+            cval=0,
+        )
+        > 0.999
+    )
     assert inside.sum() > 3000
     assert np.abs(ours - np.rint(ref))[inside].max() <= 1
 

@@ -1,0 +1,90 @@
+"""Alignment speed: face_rec's job end to end vs plain facenet-pytorch MTCNN one image at a time.
+
+    FACE_REC_DATA=../shared/data python benchmarks/align.py --dataset lfw --n 400 --repeats 3
+
+The baseline decodes each file with PIL and calls ``MTCNN.detect(img, landmarks=True)`` one image
+at a time in this one process (torch's default threads), then chooses the face and warps it, as a
+plain script would. face_rec runs ``run_alignment`` (worker processes, channels_last MTCNN,
+same-size batches) on the same files with the same MTCNN settings, writing a real pack.
+Medians of ``--repeats`` runs are printed as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from face_rec.align.detect import FaceDetector, choose_face
+from face_rec.align.run import list_inputs, run_alignment
+from face_rec.align.warp import align_face
+
+MIN_FACE = {"lfw": 40, "celeba299": 16}
+
+
+def baseline(root: Path, sources: list[str], min_face_size: int) -> float:
+    from facenet_pytorch import MTCNN
+
+    mtcnn = MTCNN(min_face_size=min_face_size, device="cpu")
+    start = time.perf_counter()
+    for src in sources:
+        img = np.asarray(Image.open(root / src).convert("RGB"))
+        boxes, probs, points = mtcnn.detect(Image.fromarray(img), landmarks=True)
+        if boxes is not None:
+            k = choose_face(boxes, probs, img.shape[:2])
+            align_face(img, points[k])
+    return len(sources) / (time.perf_counter() - start)
+
+
+def ours(root: Path, n: int, min_face_size: int) -> float:
+    make = functools.partial(FaceDetector, min_face_size=min_face_size, device="cpu")
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        run_alignment(root, out, make, limit=n)
+        return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", choices=sorted(MIN_FACE), default="lfw")
+    p.add_argument("--n", type=int, default=400, help="first N files (sorted) of the dataset")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    root = Path(os.environ.get("FACE_REC_DATA", "data")) / args.dataset / "images"
+    files, _, _ = list_inputs(root)
+    sources = [f.source for f in files[: args.n]]
+    mfs = MIN_FACE[args.dataset]
+    base = [baseline(root, sources, mfs) for _ in range(args.repeats)]
+    mine = [ours(root, len(sources), mfs) for _ in range(args.repeats)]
+    b, m = statistics.median(base), statistics.median(mine)
+    print(
+        json.dumps(
+            {
+                "dataset": args.dataset,
+                "n_images": len(sources),
+                "min_face_size": mfs,
+                "baseline_img_s": round(b, 2),
+                "face_rec_img_s": round(m, 2),
+                "ratio": round(m / b, 2),
+                "baseline_runs": [round(x, 2) for x in base],
+                "face_rec_runs": [round(x, 2) for x in mine],
+                "cpus": len(os.sched_getaffinity(0)),
+                "torch_threads": torch.get_num_threads(),
+                "machine": platform.processor() or platform.machine(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
