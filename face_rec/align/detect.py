@@ -120,8 +120,7 @@ class FaceDetector:
             if b is None or len(b) == 0:
                 faces.append(None)
                 continue
-            k = choose_face(b, p, (h, w), self.selection, self.center_weight)
-            faces.append(
-                Face(np.asarray(b[k], np.float64), float(p[k]), np.asarray(pts[k], np.float64))
-            )
+            k = choose_face(b, p, (h, w), self.selection, self.center_weight, self.min_prob)
+            box, landmarks = np.asarray(b[k], np.float64), np.asarray(pts[k], np.float64)
+            faces.append(Face(box, float(p[k]), landmarks, float(p[k]) >= self.min_prob))
         return faces

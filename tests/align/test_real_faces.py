@@ -95,3 +95,15 @@ def test_worker_processes_give_byte_identical_packs(lfw_root, tmp_path):
     assert (tmp_path / "one" / "images.npy").read_bytes() == (
         tmp_path / "two" / "images.npy"
     ).read_bytes()
+
+
+def test_low_confidence_faces_are_recorded_as_fallback(lfw_root, tmp_path):
+    """With min_prob above every probability the detection is kept in the manifest, status
+    fallback, and the crop is the centred fallback crop."""
+    src = _sample(lfw_root / "images", 1, 1, tmp_path / "in")
+    make = functools.partial(FaceDetector, min_face_size=40, min_prob=1.01, device="cpu")
+    summary = run_alignment(src, tmp_path / "pack", make, workers=0)
+    row = read_manifest(tmp_path / "pack" / "manifest.csv")[0]
+    assert summary["counts"]["fallback"] == 1
+    assert row["reason"].startswith("low-confidence face") and float(row["det_prob"]) > 0.9
+    assert len(row["landmarks"].split()) == 10

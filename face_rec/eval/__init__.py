@@ -1,0 +1,1 @@
+"""Verification evaluation: embeddings, pure-numpy metrics, the pair-list protocols."""

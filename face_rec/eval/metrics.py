@@ -1,0 +1,141 @@
+"""Verification metrics: pure numpy functions, arrays in, numbers out (no I/O, no printing).
+
+Conventions: ``scores`` (N,) float, higher = more likely the same identity; ``labels`` (N,) bool,
+True for a matched pair. A pair is accepted as matched when ``score > threshold``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def roc(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC curve over every distinct score: (fpr, tpr, thresholds), all (K + 1,).
+
+    ``thresholds`` is decreasing with ``thresholds[0] = inf``; point i accepts ``score >=
+    thresholds[i]``. Equals ``sklearn.metrics.roc_curve(labels, scores, drop_intermediate=False)``.
+    """
+    scores, labels = _check(scores, labels)
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    last_of_tie = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+    tp = np.cumsum(y)[last_of_tie]
+    fp = (last_of_tie + 1) - tp
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    tpr = np.r_[0.0, tp / n_pos] if n_pos else np.full(len(tp) + 1, np.nan)
+    fpr = np.r_[0.0, fp / n_neg] if n_neg else np.full(len(fp) + 1, np.nan)
+    return fpr, tpr, np.r_[np.inf, s[last_of_tie]]
+
+
+def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Area under the ROC curve by the trapezoidal rule (ties count one half)."""
+    return float(np.trapezoid(tpr, fpr))
+
+
+def eer(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Equal error rate: where FPR = FNR (1 - TPR), linearly interpolated between ROC points."""
+    fnr = 1.0 - tpr
+    diff = fnr - fpr  # decreasing along the curve, from 1 to -1
+    k = int(np.argmax(diff <= 0))
+    if k == 0:
+        return float(fpr[0])
+    d0, d1 = diff[k - 1], diff[k]
+    t = d0 / (d0 - d1) if d0 != d1 else 0.0
+    return float(fpr[k - 1] + t * (fpr[k] - fpr[k - 1]))
+
+
+def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far: float) -> float:
+    """True accept rate at false accept rate ``far``: the best TPR with FPR <= far."""
+    ok = fpr <= far + 1e-12
+    return float(tpr[ok].max())
+
+
+def far_supported(n_negative: int, far: float) -> bool:
+    """A FAR is measurable when the negatives allow at least one false accept: n_neg x far >= 1."""
+    return n_negative * far >= 1 - 1e-9
+
+
+def accuracy(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
+    """Fraction of pairs classified right by ``score > threshold``."""
+    scores, labels = _check(scores, labels)
+    return float(np.mean((scores > threshold) == labels))
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(threshold, accuracy) maximising accuracy over ``score > threshold``.
+
+    Candidates are the midpoints between consecutive distinct scores and one value below and one
+    above them all, so the choice never sits on a score. Among equally accurate thresholds the
+    middle one (by rank) is taken, which keeps the margin to both classes.
+    """
+    scores, labels = _check(scores, labels)
+    u = np.unique(scores)
+    candidates = np.r_[u[0] - 1.0, (u[:-1] + u[1:]) / 2, u[-1] + 1.0]
+    # accuracy at each candidate: correct = positives above it + negatives at or below it
+    s_pos, s_neg = np.sort(scores[labels]), np.sort(scores[~labels])
+    tp = len(s_pos) - np.searchsorted(s_pos, candidates, side="right")
+    tn = np.searchsorted(s_neg, candidates, side="right")
+    acc = (tp + tn) / len(scores)
+    best = np.flatnonzero(acc == acc.max())
+    k = best[(len(best) - 1) // 2]
+    return float(candidates[k]), float(acc[k])
+
+
+def kfold_accuracy(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> dict:
+    """The LFW protocol: for each fold, the threshold maximising accuracy on the other folds
+    scores the held-out fold.
+
+    Returns dict with ``fold_accuracies`` and ``thresholds`` (lists, one per fold in fold order),
+    ``accuracy_mean``, ``accuracy_std`` (population std of the fold accuracies, as reported on the
+    LFW results page and by insightface) and ``correct`` ((N,) bool: each pair right or wrong
+    under its fold's threshold).
+    """
+    scores, labels = _check(scores, labels)
+    folds = np.asarray(folds)
+    ids = np.unique(folds)
+    if len(ids) < 2:
+        raise ValueError(f"k-fold accuracy needs at least 2 folds, got {ids.tolist()}")
+    accs, thresholds = [], []
+    correct = np.zeros(len(scores), dtype=bool)
+    for f in ids:
+        test = folds == f
+        t, _ = best_threshold(scores[~test], labels[~test])
+        correct[test] = (scores[test] > t) == labels[test]
+        accs.append(float(correct[test].mean()))
+        thresholds.append(t)
+    return {
+        "fold_accuracies": accs,
+        "thresholds": thresholds,
+        "accuracy_mean": float(np.mean(accs)),
+        "accuracy_std": float(np.std(accs)),
+        "correct": correct,
+    }
+
+
+def bootstrap_ci(
+    statistic, n_items: int, n_resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(indices)`` over resampled pair indices.
+
+    ``statistic`` maps an (n_items,) int index array (drawn with replacement) to a float; NaN
+    results (e.g. a resample without negatives) are dropped.
+    """
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, n_items, n_items)) for _ in range(n_resamples)])
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1).astype(bool)
+    if len(scores) != len(labels):
+        raise ValueError(f"{len(scores)} scores for {len(labels)} labels")
+    if len(scores) == 0:
+        raise ValueError("no scored pairs")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores contain NaN or inf")
+    return scores, labels

@@ -1,0 +1,1 @@
+"""Embedding backbones (registry in :mod:`face_rec.models.registry`) and classification heads."""

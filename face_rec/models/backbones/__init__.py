@@ -1,0 +1,3 @@
+"""Backbone definitions; importing this package registers them all."""
+
+from face_rec.models.backbones import mobilefacenet, resnet  # noqa: F401
