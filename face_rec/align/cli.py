@@ -13,6 +13,19 @@ from face_rec.align.run import run_alignment
 log = logging.getLogger(__name__)
 
 
+def alignment_kwargs(align: DictConfig) -> dict:
+    """``run_alignment`` keyword arguments from the ``align`` config group."""
+    detector = OmegaConf.to_container(align.detector, resolve=True)
+    return {
+        "make_detector": instantiate(align.detector),
+        "settings": instantiate(align.settings),
+        "detector_settings": {k: v for k, v in detector.items() if not k.startswith("_")},
+        "workers": align.workers,
+        "threads_per_worker": align.threads_per_worker,
+        "chunk_size": align.chunk_size,
+    }
+
+
 def align_from_config(cfg: DictConfig) -> dict:
     """Run the alignment job described by ``cfg`` (see ``conf/align.yaml``); return its summary."""
     input_dir = Path(cfg.input_dir)
@@ -22,18 +35,12 @@ def align_from_config(cfg: DictConfig) -> dict:
             "holds lfw/ and celeba299/, or pass paths.data_dir=... or input_dir=... on the "
             "command line"
         )
-    detector_cfg = OmegaConf.to_container(cfg.detector, resolve=True)
     summary = run_alignment(
         input_dir=input_dir,
         output_dir=Path(cfg.output_dir),
-        make_detector=instantiate(cfg.detector),
-        settings=instantiate(cfg.settings),
-        workers=cfg.workers,
-        threads_per_worker=cfg.threads_per_worker,
-        chunk_size=cfg.chunk_size,
         limit=cfg.limit,
-        detector_settings={k: v for k, v in detector_cfg.items() if not k.startswith("_")},
         seed=cfg.seed,
+        **alignment_kwargs(cfg.align),
     )
     c = summary["counts"]
     run = summary["this_run"]

@@ -52,7 +52,7 @@ class AlignSettings:
     max_detect_side: int = 1024  #: larger images are box-reduced for detection only
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class InputFile:
     source: str  #: path relative to the input root, POSIX separators
     identity: str
@@ -293,6 +293,7 @@ def run_alignment(
     limit: int | None = None,
     detector_settings: dict | None = None,
     seed: int = 0,
+    sources: list[str] | None = None,
 ) -> dict:
     """Align every image under ``input_dir`` into a pack in ``output_dir``; return the summary.
 
@@ -300,11 +301,16 @@ def run_alignment(
         make_detector: builds the detector; called once in each worker process (must pickle).
         workers: processes (default: one per available core); 0 runs in this process.
         limit: align only the first ``limit`` files of the sorted list (a quick sample).
+        sources: align exactly these paths (relative to ``input_dir``, identity = first
+            component) instead of scanning; a missing one is a ``failed`` row.
         detector_settings: recorded in the summary and in the resume key.
     """
     settings = settings or AlignSettings()
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    files, ignored, empty = list_inputs(input_dir)
+    if sources is None:
+        files, ignored, empty = list_inputs(input_dir)
+    else:
+        files, ignored, empty = sorted(InputFile(s, s.split("/")[0]) for s in set(sources)), [], []
     if limit is not None:
         files = files[:limit]
     if not files:
@@ -415,10 +421,12 @@ def _assemble(
 
 def _resume_key(root: Path, files: list[InputFile], settings: AlignSettings, detector: dict) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([asdict(settings), detector], sort_keys=True, default=str).encode())
+    meta = [asdict(settings), detector, _versions()]  # other code or weights: other crops
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for f in files:
-        st = (root / f.source).stat()
-        h.update(f"{f.source}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        path = root / f.source
+        st = (path.stat().st_size, path.stat().st_mtime_ns) if path.exists() else "missing"
+        h.update(f"{f.source}\0{st}\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -1,0 +1,107 @@
+"""Glue between ``eval_lfw.py``'s config and the evaluation library."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from face_rec.align.cli import alignment_kwargs
+from face_rec.data.pack import read_manifest, read_summary
+from face_rec.data.pairs import Pairs, load_pairs
+from face_rec.eval.report import plot_roc, write_metrics, write_scores
+from face_rec.eval.verification import PairImages, align_pair_images, evaluate_pairs, leaked_identities
+from face_rec.utils.checkpoint import model_from_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def default_pairs(lfw_root: Path) -> Path:
+    """View 2 ``pairs.txt`` when present, else View 1 ``pairsDevTest.txt``."""
+    for name in ("pairs.txt", "pairsDevTest.txt"):
+        if (lfw_root / name).is_file():
+            return lfw_root / name
+    raise FileNotFoundError(
+        f"neither pairs.txt nor pairsDevTest.txt under {str(lfw_root)!r}; set FACE_REC_DATA or "
+        "pass pairs=<file>"
+    )
+
+
+def training_identities(path: str | Path) -> set[str]:
+    """Identities of a pack (its manifest) or of an identity folder (its subfolder names)."""
+    path = Path(path)
+    if read_summary(path) is not None:
+        return {r["identity"] for r in read_manifest(path / "manifest.csv")}
+    if path.is_dir():
+        return {p.name for p in path.iterdir() if p.is_dir()}
+    raise FileNotFoundError(f"train_data {str(path)!r} is neither a pack nor an identity folder")
+
+
+def build_model(cfg: DictConfig) -> torch.nn.Module:
+    if cfg.checkpoint:
+        return model_from_checkpoint(cfg.checkpoint)
+    log.warning("no checkpoint= given: evaluating a RANDOMLY INITIALISED %s (a chance-level "
+                "sanity floor, not a result)", cfg.model.name)
+    torch.manual_seed(cfg.eval.seed)
+    return instantiate(cfg.model)
+
+
+def prepare(pairs: Pairs, cfg: DictConfig) -> PairImages:
+    return align_pair_images(pairs, cfg.eval.cache_dir, **_align_args(cfg))
+
+
+def _align_args(cfg: DictConfig) -> dict:
+    kw = alignment_kwargs(cfg.align)
+    kw.pop("threads_per_worker")
+    kw.pop("chunk_size")
+    return kw
+
+
+def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
+    """Run ``eval_lfw.py``: write metrics.json, scores.csv, roc.png, config.yaml into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pairs_path = Path(cfg.pairs) if cfg.pairs else default_pairs(Path(cfg.data.root))
+    pairs = load_pairs(pairs_path, cfg.image_root)
+    device = resolve_device(cfg.eval.device)
+    model = build_model(cfg).to(device)
+    calibration = None
+    calib_path = cfg.calibration_pairs
+    if pairs.n_folds < 2 and calib_path and Path(calib_path).is_file():
+        c_pairs = load_pairs(calib_path, cfg.image_root)
+        calibration = (c_pairs, prepare(c_pairs, cfg))
+    metrics = evaluate_pairs(model, pairs, prepare(pairs, cfg), cfg.eval.batch_size, device,
+                             cfg.eval.flip, calibration, cfg.eval.n_bootstrap, cfg.eval.seed)
+    metrics.update(pairs=str(pairs_path), pair_format=pairs.protocol,
+                   calibration_pairs=str(calib_path) if calibration else None,
+                   checkpoint=cfg.checkpoint, model=cfg.model.name if not cfg.checkpoint else None,
+                   flip=cfg.eval.flip)
+    if cfg.train_data:
+        leaked = leaked_identities(pairs, training_identities(cfg.train_data))
+        metrics["leaked_identities"] = leaked
+        if leaked:
+            log.warning("IDENTITY LEAKAGE: %d identities of %s also occur in the training data %s "
+                        "(e.g. %s); these numbers overstate accuracy", len(leaked), pairs_path.name,
+                        cfg.train_data, ", ".join(leaked[:5]))
+    write_metrics(out_dir / "metrics.json", metrics)
+    write_scores(out_dir / "scores.csv", pairs, metrics["scores"])
+    plot_roc(out_dir / "roc.png", {pairs_path.name: metrics}, title=f"{pairs_path.name}")
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    print(summary_line(metrics) + f" -> {out_dir}")
+    return metrics
+
+
+def summary_line(m: dict) -> str:
+    acc = f"accuracy {m['accuracy_mean']:.4f}"
+    if m.get("accuracy_std") is not None:
+        acc += f" +- {m['accuracy_std']:.4f}"
+    tars = ", ".join(f"TAR@{k} {v:.3f}" for k, v in m["tar_at_far"].items() if v is not None)
+    return (f"{acc}, AUC {m['auc']:.4f}, EER {m['eer']:.4f}, {tars}; "
+            f"{m['n_scored']}/{m['n_pairs']} pairs scored")

@@ -1,0 +1,62 @@
+"""Writing an evaluation's outputs: metrics.json, scores.csv and the ROC plot."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from face_rec.data.pairs import Pairs
+from face_rec.utils.io import atomic_path, write_json
+
+
+def write_scores(path: Path, pairs: Pairs, scores: np.ndarray) -> None:
+    """One row per pair: both sources, score (empty if skipped), label, fold."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["a", "b", "score", "same", "fold"])
+        for i in range(len(pairs)):
+            s = "" if np.isnan(scores[i]) else f"{scores[i]:.6f}"
+            w.writerow([pairs.images[pairs.left[i]], pairs.images[pairs.right[i]], s,
+                        int(pairs.same[i]), int(pairs.fold[i])])
+
+
+def write_metrics(path: Path, metrics: dict) -> None:
+    """metrics.json without the bulky arrays (scores, ROC points)."""
+    write_json(path, {k: v for k, v in metrics.items() if k not in ("scores", "roc")})
+
+
+def plot_roc(path: Path, curves: dict[str, dict], title: str = "ROC") -> None:
+    """ROC curves on a log-FPR axis, with each curve's EER and TAR@FAR operating points marked.
+
+    ``curves`` maps a label to a metrics dict holding ``roc`` (fpr, tpr), ``eer``, ``tar_at_far``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
+    for label, m in curves.items():
+        fpr, tpr = np.asarray(m["roc"]["fpr"]), np.asarray(m["roc"]["tpr"])
+        (line,) = ax.plot(np.maximum(fpr, 1e-5), tpr, lw=1.5,
+                          label=f"{label} (AUC {m['auc']:.4f}, EER {m['eer']:.2%})")
+        ax.plot([m["eer"]], [1 - m["eer"]], "o", color=line.get_color(), ms=6)
+        for key, tar in m["tar_at_far"].items():
+            if tar is not None:
+                ax.plot([float(key)], [tar], "s", color=line.get_color(), ms=5)
+                ax.annotate(f"{tar:.3f}", (float(key), tar), textcoords="offset points",
+                            xytext=(4, -10), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false accept rate (log scale)")
+    ax.set_ylabel("true accept rate")
+    ax.set_title(f"{title}   (o EER, s TAR@FAR)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
