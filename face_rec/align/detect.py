@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from face_rec.align.mtcnn import detect_faces
+
 SELECTION_METHODS = ("center_weighted_size", "largest", "probability")
 
 
@@ -68,8 +70,9 @@ class FaceDetector:
 
     ``thresholds`` are MTCNN's three stage thresholds; a face below ``min_prob`` is still
     returned (marked not ``confident``) so the caller can record it.
-    The three MTCNN networks run in channels_last memory format: the same weights and boxes, and
-    max-pooling on this layout is several times faster on CPU.
+    The three MTCNN networks run in channels_last memory format (max-pooling on this layout is
+    several times faster on CPU) through :func:`face_rec.align.mtcnn.detect_faces`, facenet-pytorch's
+    cascade with batched crop resampling: the same boxes and landmarks, faster.
     """
 
     def __init__(
@@ -114,13 +117,17 @@ class FaceDetector:
         h, w = images[0].shape[:2]
         if min(h, w) < self.min_face_size:
             return [None] * len(images)  # MTCNN's pyramid is empty below its minimum face size
-        boxes, probs, points = self.mtcnn.detect(np.stack(images), landmarks=True)
+        m = self.mtcnn
+        batch = torch.as_tensor(np.stack(images), device=m.device)
+        boxes, points = detect_faces(batch, m.min_face_size, m.pnet, m.rnet, m.onet,
+                                     m.thresholds, m.factor)
         faces: list[Face | None] = []
-        for b, p, pts in zip(boxes, probs, points, strict=True):
-            if b is None or len(b) == 0:
+        for b, pts in zip(boxes, points, strict=True):
+            if len(b) == 0:
                 faces.append(None)
                 continue
-            k = choose_face(b, p, (h, w), self.selection, self.center_weight, self.min_prob)
-            box, landmarks = np.asarray(b[k], np.float64), np.asarray(pts[k], np.float64)
+            p = b[:, 4]
+            k = choose_face(b[:, :4], p, (h, w), self.selection, self.center_weight, self.min_prob)
+            box, landmarks = np.asarray(b[k, :4], np.float64), np.asarray(pts[k], np.float64)
             faces.append(Face(box, float(p[k]), landmarks, float(p[k]) >= self.min_prob))
         return faces

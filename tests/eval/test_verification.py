@@ -1,0 +1,115 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from face_rec.data.pairs import Pairs, write_bin
+from face_rec.eval.embed import embed_crops
+from face_rec.eval.verification import (
+    PairImages,
+    evaluate_pairs,
+    leaked_identities,
+    score_pairs,
+    stratified_folds,
+    verification_metrics,
+)
+
+
+class TinyNet(nn.Module):
+    """A small random embedding network (B, 3, 112, 112) -> (B, 16)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 5, stride=4)
+        self.fc = nn.Linear(8 * 4 * 4, 16)
+
+    def forward(self, x):
+        return self.fc(nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 4).flatten(1))
+
+
+def _pairs(n_images=6, left=(0, 2, 4), right=(1, 3, 5), same=(True, False, True), root=None):
+    return Pairs(images=[f"id{k // 2}/{k}.jpg" for k in range(n_images)],
+                 left=np.array(left), right=np.array(right), same=np.array(same),
+                 fold=np.full(len(left), -1), protocol="csv", source="x.csv", root=root)
+
+
+def test_embeddings_use_flip_tta_and_are_unit():
+    crops = np.random.default_rng(0).integers(0, 256, (5, 112, 112, 3), dtype=np.uint8)
+    net = TinyNet()
+    emb = embed_crops(net, crops, batch_size=2)
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
+    x = (x - 0.5) / 0.5
+    with torch.no_grad():
+        ref = nn.functional.normalize(net(x) + net(x.flip(3)), dim=1).numpy()
+        plain = nn.functional.normalize(net(x), dim=1).numpy()
+    np.testing.assert_allclose(emb, ref, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(embed_crops(net, crops, flip=False), plain, atol=1e-5)
+    assert not np.allclose(emb, plain, atol=1e-3)
+    assert net.training  # mode restored
+
+
+def test_scores_are_cosines_and_unusable_images_are_skipped():
+    emb = np.array([[1, 0], [0, 1], [0.6, 0.8], [0.6, 0.8], [1, 0], [-1, 0]], float)
+    problems = ["", "", "", "", "", "file not found"]
+    scores, skipped = score_pairs(emb, _pairs(), problems)
+    np.testing.assert_allclose(scores[:2], [0.0, 1.0])
+    assert np.isnan(scores[2])
+    assert skipped == [{"pair": 2, "a": "id2/4.jpg", "b": "id2/5.jpg", "same": True,
+                        "reason": "id2/5.jpg: file not found"}]
+
+
+def test_protocol_choice_and_far_reporting():
+    rng = np.random.default_rng(0)
+    labels = np.tile(np.r_[np.ones(50, bool), np.zeros(50, bool)], 10)
+    scores = rng.normal(labels * 1.5, 1.0)
+    folds = np.repeat(np.arange(10), 100)
+    kf = verification_metrics(scores, labels, folds, n_bootstrap=50)
+    assert kf["protocol"].startswith("10-fold") and len(kf["thresholds"]) == 10
+    assert kf["tar_at_far"]["1e-2"] is not None and kf["tar_at_far"]["1e-3"] is None
+    assert "500 negative pairs" in kf["tar_at_far_notes"]["1e-3"]
+    lo, hi = kf["ci95"]["accuracy"]
+    assert lo < kf["accuracy_mean"] < hi
+
+    calib = (rng.normal(labels * 1.5, 1.0), labels)
+    cal = verification_metrics(scores, labels, None, calibration=calib, n_bootstrap=50)
+    t = cal["thresholds"][0]
+    assert cal["accuracy_mean"] == pytest.approx(np.mean((scores > t) == labels))
+    assert cal["accuracy_std"] is None and "calibration" in cal["protocol"]
+    assert cal["accuracy_best_threshold"]["accuracy"] >= cal["accuracy_mean"]
+
+    cv = verification_metrics(scores, labels, None, n_bootstrap=50)
+    assert "own pairs" in cv["protocol"] and len(cv["fold_accuracies"]) == 10
+
+
+def test_stratified_folds_balance_classes():
+    labels = np.r_[np.ones(25, bool), np.zeros(35, bool)]
+    folds = stratified_folds(labels)
+    for f in range(10):
+        assert 2 <= labels[folds == f].sum() <= 3 and 3 <= (~labels[folds == f]).sum() <= 4
+
+
+def test_evaluate_pairs_end_to_end_on_a_bin(tmp_path):
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, (40, 112, 112, 3), dtype=np.uint8)
+    noisy = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+    same = np.arange(40) % 2 == 0
+    right = np.where(same[:, None, None, None], noisy, np.roll(noisy, 1, axis=0))
+    write_bin(tmp_path / "t.bin", base, right, same)
+    from face_rec.data.pairs import read_bin
+
+    pairs = read_bin(tmp_path / "t.bin")
+    images = PairImages(pairs.crops, [""] * len(pairs.images), np.zeros(len(pairs.images), bool))
+    out = evaluate_pairs(TinyNet(), pairs, images, batch_size=16, n_bootstrap=20)
+    assert out["n_pairs"] == out["n_scored"] == 40 and out["skipped"] == []
+    assert out["accuracy_mean"] > 0.9  # near-duplicates vs different noise images
+    json.dumps({k: v for k, v in out.items() if k not in ("scores", "roc")})
+
+
+def test_leakage_names_shared_identities():
+    pairs = _pairs(root="x")
+    assert leaked_identities(pairs, {"id1", "zed"}) == ["id1"]
+    assert leaked_identities(pairs, {"zed"}) == []
