@@ -39,6 +39,8 @@ from face_rec.utils.io import atomic_path, write_json
 log = logging.getLogger(__name__)
 
 PARTS_DIR = ".parts"
+#: bump when a code change alters the crops: packs made by other code are then rebuilt
+ALIGN_VERSION = 2
 THUMB = 112  # side of the source thumbnails kept for the fallback contact sheet
 
 
@@ -421,7 +423,7 @@ def _assemble(
 
 def _resume_key(root: Path, files: list[InputFile], settings: AlignSettings, detector: dict) -> str:
     h = hashlib.sha256()
-    meta = [asdict(settings), detector, _versions()]  # other code or weights: other crops
+    meta = [ALIGN_VERSION, asdict(settings), detector, _versions()]
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for f in files:
         path = root / f.source

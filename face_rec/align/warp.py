@@ -86,7 +86,7 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     Bilinear interpolation; pixels sampled from outside the image are black.
 
     Args:
-        image: (H, W, C) uint8.
+        image: (H, W, C) uint8 (or float).
         matrix: (2, 3) forward transform from source to crop coordinates.
         size: output side length.
 
@@ -95,27 +95,37 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     """
     full = np.vstack([np.asarray(matrix, dtype=np.float64), [0.0, 0.0, 1.0]])
     inv = np.linalg.inv(full)
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
-    sx = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
-    sy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
+    grid = np.arange(size, dtype=np.float64)
+    sx = inv[0, 0] * grid[None, :] + inv[0, 1] * grid[:, None] + inv[0, 2]
+    sy = inv[1, 0] * grid[None, :] + inv[1, 1] * grid[:, None] + inv[1, 2]
     return _bilinear(image, sx, sy)
 
 
 def _bilinear(image: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
-    """Sample (H, W, C) ``image`` at float coordinates with zero padding outside."""
-    h, w = image.shape[:2]
-    padded = np.zeros((h + 2, w + 2, image.shape[2]), dtype=np.float32)
-    padded[1:-1, 1:-1] = image
-    # shift by one for the zero border; clip far-away samples onto the border
-    sx = np.clip(sx + 1.0, 0.0, w + 1.0)
-    sy = np.clip(sy + 1.0, 0.0, h + 1.0)
-    x0 = np.minimum(np.floor(sx).astype(np.intp), w)
-    y0 = np.minimum(np.floor(sy).astype(np.intp), h)
-    fx = (sx - x0)[..., None].astype(np.float32)
-    fy = (sy - y0)[..., None].astype(np.float32)
-    top = padded[y0, x0] * (1 - fx) + padded[y0, x0 + 1] * fx
-    bottom = padded[y0 + 1, x0] * (1 - fx) + padded[y0 + 1, x0 + 1] * fx
-    out = top * (1 - fy) + bottom * fy
+    """Sample (H, W, C) ``image`` at float coordinates, zero outside; only the part of the image
+    the samples touch is copied."""
+    h, w, c = image.shape
+    sx = np.clip(sx, -1.0, w)  # beyond one pixel outside, every neighbour is zero anyway
+    sy = np.clip(sy, -1.0, h)
+    x_lo, y_lo = int(np.floor(sx.min())), int(np.floor(sy.min()))
+    x_hi, y_hi = int(np.floor(sx.max())) + 1, int(np.floor(sy.max())) + 1
+    # region [y_lo, y_hi] x [x_lo, x_hi] of the zero-extended image, as float32
+    region = np.zeros((y_hi - y_lo + 1, x_hi - x_lo + 1, c), np.float32)
+    ys, xs = slice(max(y_lo, 0), min(y_hi + 1, h)), slice(max(x_lo, 0), min(x_hi + 1, w))
+    region[ys.start - y_lo : ys.stop - y_lo, xs.start - x_lo : xs.stop - x_lo] = image[ys, xs]
+    fx, fy = sx - x_lo, sy - y_lo
+    x0 = np.minimum(fx.astype(np.intp), region.shape[1] - 2)
+    y0 = np.minimum(fy.astype(np.intp), region.shape[0] - 2)
+    ax = (fx - x0).astype(np.float32)[..., None]
+    ay = (fy - y0).astype(np.float32)[..., None]
+    rw = region.shape[1]
+    flat = region.reshape(-1, c)
+    i = y0 * rw + x0
+    top = flat.take(i, axis=0)
+    top += ax * (flat.take(i + 1, axis=0) - top)
+    bottom = flat.take(i + rw, axis=0)
+    bottom += ax * (flat.take(i + rw + 1, axis=0) - bottom)
+    out = top + ay * (bottom - top)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
