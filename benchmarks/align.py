@@ -75,7 +75,8 @@ def main() -> None:
         json.dumps(
             {
                 "dataset": args.dataset,
-                "n_images": len(sources),
+                "n_face_rec": n,
+                "n_baseline": len(sources),
                 "min_face_size": mfs,
                 "baseline_img_s": round(b, 2),
                 "face_rec_img_s": round(m, 2),
