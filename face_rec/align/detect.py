@@ -108,26 +108,32 @@ class FaceDetector:
 
     @torch.inference_mode()
     def detect(self, images: list[np.ndarray]) -> list[Face | None]:
-        """Detect and choose one face in each of ``images``: (H, W, 3) uint8, all the same size.
+        """Detect and choose one face in each of ``images``: (H, W, 3) uint8.
 
-        Returns one :class:`Face` or ``None`` (no face found) per image.
+        Images of different sizes are zero-padded at the bottom and right to a common size, so
+        one batch runs through MTCNN (keep their sizes close: padding costs compute). Returns one
+        :class:`Face` or ``None`` (no face found) per image.
         """
         if not images:
             return []
-        h, w = images[0].shape[:2]
+        sizes = [img.shape[:2] for img in images]
+        h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
         if min(h, w) < self.min_face_size:
             return [None] * len(images)  # MTCNN's pyramid is empty below its minimum face size
         m = self.mtcnn
-        batch = torch.as_tensor(np.stack(images), device=m.device)
+        batch = torch.zeros((len(images), h, w, 3), dtype=torch.uint8)
+        for k, img in enumerate(images):
+            batch[k, : img.shape[0], : img.shape[1]] = torch.from_numpy(img)
+        batch = batch.to(m.device)
         boxes, points = detect_faces(batch, m.min_face_size, m.pnet, m.rnet, m.onet,
                                      m.thresholds, m.factor)
         faces: list[Face | None] = []
-        for b, pts in zip(boxes, points, strict=True):
+        for b, pts, hw in zip(boxes, points, sizes, strict=True):
             if len(b) == 0:
                 faces.append(None)
                 continue
             p = b[:, 4]
-            k = choose_face(b[:, :4], p, (h, w), self.selection, self.center_weight, self.min_prob)
+            k = choose_face(b[:, :4], p, hw, self.selection, self.center_weight, self.min_prob)
             box, landmarks = np.asarray(b[k, :4], np.float64), np.asarray(pts[k], np.float64)
             faces.append(Face(box, float(p[k]), landmarks, float(p[k]) >= self.min_prob))
         return faces

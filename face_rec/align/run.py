@@ -163,7 +163,7 @@ def align_chunk(
 def _detect_all(
     images: list[np.ndarray | None], detector: FaceDetector, settings: AlignSettings
 ) -> list[Face | str | None]:
-    """One entry per image: a Face, None (no face), or an error message. Batches equal sizes."""
+    """One entry per image: a Face, None (no face), or an error message. Batches similar sizes."""
     out: list[Face | str | None] = [None] * len(images)
     small: dict[int, tuple[np.ndarray, int]] = {}
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -173,7 +173,7 @@ def _detect_all(
         k = int(np.ceil(max(img.shape[:2]) / settings.max_detect_side))
         det = img if k <= 1 else np.rint(box_reduce(img, k)).astype(np.uint8)
         small[i] = (det, max(k, 1))
-        groups.setdefault(det.shape, []).append(i)
+        groups.setdefault(_bucket(det.shape), []).append(i)
     for _, idx in sorted(groups.items()):
         for s in range(0, len(idx), settings.batch_size):
             batch = idx[s : s + settings.batch_size]
@@ -182,6 +182,12 @@ def _detect_all(
             ):
                 out[i] = _rescale(face, small[i][1])
     return out
+
+
+def _bucket(shape: tuple[int, ...], step: int = 32) -> tuple[int, int]:
+    """Images whose sizes round up to the same multiple of ``step`` are detected together
+    (padded to a common size): little padding, far fewer batches of one."""
+    return -(-shape[0] // step) * step, -(-shape[1] // step) * step
 
 
 def _detect_batch(detector: FaceDetector, images: list[np.ndarray]) -> list[Face | str | None]:

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from face_rec.data.augment import resize
+
 
 @torch.inference_mode()
 def embed_crops(
@@ -23,6 +25,8 @@ def embed_crops(
         crops: (N, H, W, 3) uint8 RGB (a memory-mapped pack slice is fine).
         flip: ``normalize(f(x) + f(flip(x)))``; else ``normalize(f(x))``.
 
+    Crops are resized to ``model.input_size`` when the model has one and it differs.
+
     Returns:
         (N, D) float32, unit rows.
     """
@@ -36,6 +40,7 @@ def embed_crops(
                       unit="batch"):
             x = torch.from_numpy(np.array(crops[s : s + batch_size], dtype=np.uint8))
             x = x.to(device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+            x = resize(x, getattr(model, "input_size", None))
             feats = model(x)
             if flip:
                 feats = feats + model(x.flip(3))

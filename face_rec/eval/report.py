@@ -28,9 +28,20 @@ def write_metrics(path: Path, metrics: dict) -> None:
 
 
 def plot_roc(path: Path, curves: dict[str, dict], title: str = "ROC") -> None:
+    """Save :func:`plot_roc_figure` as a PNG, atomically."""
+    import matplotlib.pyplot as plt
+
+    fig = plot_roc_figure(curves, title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def plot_roc_figure(curves: dict[str, dict], title: str = "ROC"):
     """ROC curves on a log-FPR axis, with each curve's EER and TAR@FAR operating points marked.
 
     ``curves`` maps a label to a metrics dict holding ``roc`` (fpr, tpr), ``eer``, ``tar_at_far``.
+    Returns the matplotlib figure.
     """
     import matplotlib
 
@@ -57,6 +68,4 @@ def plot_roc(path: Path, curves: dict[str, dict], title: str = "ROC") -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    return fig

@@ -27,6 +27,7 @@ class MobileFaceNet(nn.Module):
     def __init__(self, embedding_dim: int = 512, input_size: int = 112, dropout: float = 0.0,
                  width: float = 1.0) -> None:
         super().__init__()
+        self.input_size = input_size
 
         def ch(c: int) -> int:
             return max(8, int(round(c * width)))

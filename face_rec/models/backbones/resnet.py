@@ -37,6 +37,7 @@ class ResNetFace(nn.Module):
                  embedding_dim: int = 512, input_size: int = 112, dropout: float = 0.0,
                  width: float = 1.0, stem_act: str = "prelu") -> None:
         super().__init__()
+        self.input_size = input_size
         widths = tuple(max(8, int(round(w * width))) for w in widths)
         stem = max(8, int(round(64 * width)))
         act = nn.PReLU(stem) if stem_act == "prelu" else nn.ReLU(inplace=True)

@@ -1,0 +1,1 @@
+"""Training engine: one readable step in :mod:`trainer`, everything else in :mod:`hooks`."""

@@ -1,0 +1,171 @@
+"""Trainer hooks: LR schedule, NaN guard, progress bar, TensorBoard, periodic verification,
+checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from face_rec.engine.trainer import Hook, Trainer
+from face_rec.utils.checkpoint import save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+class LRSchedule(Hook):
+    """Steps the LR scheduler once per optimizer step."""
+
+    def after_step(self, trainer: Trainer) -> None:
+        trainer.scheduler.step()
+
+
+class StopOnNaN(Hook):
+    """Stops training with a clear message when the loss is not finite; later hooks (checkpoints)
+    do not run for that step, so the checkpoints on disk stay good."""
+
+    def after_step(self, trainer: Trainer) -> None:
+        loss = trainer.metrics["loss"]
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss is {loss} at step {trainer.state.step} (lr {trainer.metrics['lr']:.3g}, "
+                f"grad norm {trainer.metrics['grad_norm']:.3g}); lower optimizer.lr, set "
+                "trainer.grad_clip, or lengthen the warm-up. Resume from the last checkpoint "
+                "with resume=true after changing the config."
+            )
+
+
+class Progress(Hook):
+    """A tqdm bar over the steps, with ETA, loss, accuracy and LR."""
+
+    def before_train(self, trainer: Trainer) -> None:
+        self.bar = tqdm(total=trainer.max_steps, initial=trainer.state.step, desc="train",
+                        unit="step", dynamic_ncols=True)
+
+    def after_step(self, trainer: Trainer) -> None:
+        m = trainer.metrics
+        post = {"loss": f"{m['loss']:.3f}", "lr": f"{m['lr']:.2e}"}
+        if m["accuracy"] is not None:
+            post["acc"] = f"{m['accuracy']:.3f}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+
+    def after_train(self, trainer: Trainer) -> None:
+        self.bar.close()
+
+
+class TensorBoard(Hook):
+    """Scalars every ``every`` steps (loss, accuracy, LR, images/s, data-wait fraction, grad
+    norm), an embedding-norm histogram every ``hist_every`` steps, and validation results."""
+
+    def __init__(self, log_dir: str | Path, every: int = 10, hist_every: int = 100) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(log_dir))
+        self.every, self.hist_every = every, hist_every
+
+    def after_step(self, trainer: Trainer) -> None:
+        step, m = trainer.state.step, trainer.metrics
+        if step % self.every == 0 or step == trainer.max_steps:
+            for key in ("loss", "accuracy", "lr", "images_per_s", "data_wait_fraction",
+                        "grad_norm"):
+                if m.get(key) is not None:
+                    self.writer.add_scalar(f"train/{key}", m[key], step)
+        if step % self.hist_every == 0:
+            self.writer.add_histogram("train/embedding_norm", m["embedding_norms"], step)
+
+    def log_validation(self, step: int, name: str, metrics: dict) -> None:
+        from face_rec.eval.report import plot_roc_figure
+
+        self.writer.add_scalar(f"val/{name}/accuracy", metrics["accuracy_mean"], step)
+        self.writer.add_scalar(f"val/{name}/eer", metrics["eer"], step)
+        self.writer.add_scalar(f"val/{name}/auc", metrics["auc"], step)
+        for key, tar in metrics["tar_at_far"].items():
+            if tar is not None:
+                self.writer.add_scalar(f"val/{name}/tar_at_far_{key}", tar, step)
+        self.writer.add_figure(f"val/{name}/roc", plot_roc_figure({name: metrics}), step)
+        self.writer.flush()
+
+    def after_train(self, trainer: Trainer) -> None:
+        self.writer.close()
+
+
+class Validation(Hook):
+    """Verification on a pair list every ``every`` steps and at the end (``evaluate``: a function
+    model -> metrics dict). Keeps ``history``, the latest result and whether it is the best so far
+    by ``metric`` (higher is better)."""
+
+    def __init__(self, evaluate, every: int, name: str = "val",
+                 metric: str = "accuracy_mean", tensorboard: TensorBoard | None = None) -> None:
+        self.evaluate, self.every, self.name, self.metric = evaluate, every, name, metric
+        self.tensorboard = tensorboard
+        self.history: list[dict] = []
+        self.latest: dict | None = None
+        self.best_value = -math.inf
+        self.improved = False
+
+    def after_step(self, trainer: Trainer) -> None:
+        step = trainer.state.step
+        self.improved = False
+        if (self.every and step % self.every == 0) or step == trainer.max_steps:
+            self.run(trainer)
+
+    def run(self, trainer: Trainer) -> None:
+        start = time.perf_counter()
+        m = self.evaluate(trainer.model)
+        self.latest = m
+        value = m[self.metric]
+        self.improved = value > self.best_value
+        self.best_value = max(self.best_value, value)
+        summary = {"step": trainer.state.step, "accuracy": m["accuracy_mean"], "eer": m["eer"],
+                   "auc": m["auc"], "tar_at_far": m["tar_at_far"],
+                   "seconds": round(time.perf_counter() - start, 1)}
+        self.history.append(summary)
+        log.info("validation %s at step %d: %s", self.name, trainer.state.step, summary)
+        if self.tensorboard is not None:
+            self.tensorboard.log_validation(trainer.state.step, self.name, m)
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "best_value": self.best_value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history, self.best_value = state["history"], state["best_value"]
+
+
+class Checkpoint(Hook):
+    """Atomic ``last.pt`` every ``every`` steps and at the end, ``best.pt`` whenever the
+    validation hook reports an improvement. Each holds the trainer state and the resolved config."""
+
+    def __init__(self, directory: str | Path, config: dict, every: int,
+                 validation: Validation | None = None) -> None:
+        self.dir, self.config, self.every = Path(directory), config, every
+        self.validation = validation
+
+    def state(self, trainer: Trainer) -> dict:
+        state = trainer.state_dict()
+        state["config"] = self.config
+        if self.validation is not None:
+            state["validation"] = self.validation.state_dict()
+        return state
+
+    def after_step(self, trainer: Trainer) -> None:
+        step = trainer.state.step
+        last = step == trainer.max_steps
+        improved = self.validation is not None and self.validation.improved
+        if not (last or improved or (self.every and step % self.every == 0)):
+            return
+        state = self.state(trainer)
+        if last or (self.every and step % self.every == 0):
+            save_checkpoint(self.dir / "last.pt", state)
+        if improved:
+            save_checkpoint(self.dir / "best.pt", state)
+
+

@@ -1,0 +1,173 @@
+"""The trainer: a data stream and one training step; hooks do the rest."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from face_rec.data.augment import Augment
+
+
+@dataclass
+class TrainState:
+    step: int = 0  #: optimizer steps done
+    epoch: int = 0
+    batch_in_epoch: int = 0  #: micro-batches of ``epoch`` already consumed
+
+
+class Hook:
+    """Called by :class:`Trainer` around training; override what you need."""
+
+    def before_train(self, trainer: Trainer) -> None: ...
+    def after_step(self, trainer: Trainer) -> None: ...
+    def after_train(self, trainer: Trainer) -> None: ...
+
+
+class Trainer:
+    """Trains ``model`` (+ ``head``) with ``loss_fn`` over batch plans of ``dataset``.
+
+    One step = ``accum_steps`` micro-batches then one optimizer update. After each step
+    ``self.metrics`` holds loss, accuracy, grad norm, LR, images/s and the data-wait fraction.
+    """
+
+    def __init__(self, model: nn.Module, head: nn.Module | None, loss_fn: nn.Module,
+                 optimizer: torch.optim.Optimizer, scheduler, dataset: Dataset, plan,
+                 augment: Augment, max_steps: int, hooks: Sequence[Hook] = (),
+                 device: str = "cpu", precision: str = "fp32", grad_clip: float | None = None,
+                 accum_steps: int = 1, channels_last: bool = False,
+                 class_weight: np.ndarray | None = None, num_workers: int = 0) -> None:
+        self.model, self.head, self.loss_fn = model, head, loss_fn
+        self.optimizer, self.scheduler, self.dataset, self.plan = optimizer, scheduler, dataset, plan
+        self.augment, self.max_steps, self.hooks = augment, max_steps, list(hooks)
+        self.device, self.precision, self.grad_clip = torch.device(device), precision, grad_clip
+        self.accum_steps, self.num_workers = accum_steps, num_workers
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.weight = None if class_weight is None else torch.as_tensor(
+            class_weight, dtype=torch.float32, device=self.device)
+        self.state, self.metrics, self.stop = TrainState(), {}, False
+        for m in (model, head, loss_fn):
+            if m is not None:
+                m.to(self.device)
+        model.to(memory_format=self.memory_format)
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> None:
+        for h in self.hooks:
+            h.before_train(self)
+        stream = self.micro_batches()
+        while self.state.step < self.max_steps and not self.stop:
+            self.run_step([next(stream) for _ in range(self.accum_steps)])
+            for h in self.hooks:
+                h.after_step(self)
+        for h in self.hooks:
+            h.after_train(self)
+
+    def run_step(self, micro: list[tuple[torch.Tensor, torch.Tensor, float]]) -> None:
+        """One optimizer step over ``micro`` batches of (uint8 images, labels, data wait s)."""
+        start = time.perf_counter()
+        self.model.train()
+        losses, correct, seen, embeddings = [], 0, 0, None
+        for images, labels, _ in micro:
+            x = self.augment(images.to(self.device, non_blocking=True))
+            x = x.contiguous(memory_format=self.memory_format)
+            y = labels.to(self.device, non_blocking=True)
+            with self.autocast():
+                embeddings = self.model(x)
+                out = self.head(embeddings) if self.head is not None else embeddings
+                per_sample = self.loss_fn(out, y)
+            w = self.weight[y] if self.weight is not None else torch.ones_like(per_sample)
+            loss = (per_sample * w).mean() / self.accum_steps
+            self.scaler.scale(loss).backward()
+            losses.append(loss.item() * self.accum_steps)
+            if self.head is not None:
+                correct += int((out.argmax(1) == y).sum())
+            seen += len(y)
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = nn.utils.clip_grad_norm_(params, self.grad_clip or float("inf"))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        elapsed = time.perf_counter() - start
+        wait = sum(m[2] for m in micro)
+        self.metrics = {
+            "loss": float(np.mean(losses)), "accuracy": correct / seen if self.head else None,
+            "grad_norm": float(grad_norm), "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": seen / (elapsed + wait), "data_wait_fraction": wait / (elapsed + wait),
+            "embedding_norms": embeddings.detach().float().norm(dim=1).cpu(),
+        }
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def micro_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
+        """Endless (images, labels, seconds waited) following the batch plan from the saved
+        position; a resumed run continues mid-epoch exactly where it stopped."""
+        while True:
+            todo = self.plan.batches(self.state.epoch)[self.state.batch_in_epoch:]
+            # the loader's own generator: creating it must not draw from the global RNG, or a
+            # resumed run (which creates one more loader) would see other dropout masks
+            loader = DataLoader(self.dataset, batch_sampler=[list(b) for b in todo],
+                                num_workers=self.num_workers,
+                                pin_memory=self.device.type == "cuda",
+                                generator=torch.Generator().manual_seed(self.state.epoch))
+            it = iter(loader)
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    images, labels = next(it)
+                except StopIteration:
+                    break
+                self.state.batch_in_epoch += 1
+                yield images, labels, time.perf_counter() - t0
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        """Everything an exact resume needs."""
+        return {
+            "model": self.model.state_dict(),
+            "head": self.head.state_dict() if self.head is not None else None,
+            "loss": self.loss_fn.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "augment": self.augment.state_dict(),
+            "trainer": asdict(self.state),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                    "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.head is not None:
+            self.head.load_state_dict(state["head"])
+        self.loss_fn.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.augment.load_state_dict(state["augment"])
+        self.state = TrainState(**state["trainer"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])

@@ -1,0 +1,171 @@
+"""Build everything from the ``train.py`` config and run it; returns the final metrics."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from face_rec.align.cli import alignment_kwargs
+from face_rec.align.run import run_alignment
+from face_rec.data.pack import read_summary
+from face_rec.data.pairs import load_pairs
+from face_rec.data.samplers import BalancedBatches, IdentityBatches, RandomBatches, class_weights
+from face_rec.data.train_set import Source, TrainSet
+from face_rec.engine import hooks as H
+from face_rec.engine.schedule import make_scheduler
+from face_rec.engine.trainer import Hook, Trainer
+from face_rec.eval.cli import resolve_device
+from face_rec.eval.verification import align_pair_images, evaluate_pairs
+from face_rec.utils.checkpoint import load_checkpoint
+from face_rec.utils.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def ensure_pack(source: DictConfig, align: DictConfig) -> None:
+    """Align a training source first when its pack is missing or incomplete (resumable)."""
+    if read_summary(source.pack_dir) is not None:
+        return
+    log.info("no complete pack at %s: aligning %s first", source.pack_dir, source.image_dir)
+    kw = alignment_kwargs(align)
+    kw["make_detector"] = functools.partial(kw["make_detector"],
+                                            min_face_size=source.min_face_size)
+    kw["detector_settings"]["min_face_size"] = source.min_face_size
+    kw["settings"] = type(kw["settings"])(**{**kw["settings"].__dict__,
+                                             "fallback_face_fraction":
+                                             source.fallback_face_fraction})
+    run_alignment(source.image_dir, source.pack_dir, limit=source.limit, **kw)
+
+
+def make_plan(cfg: DictConfig, labels: np.ndarray):
+    kind, t = cfg.head.sampler, cfg.trainer
+    if kind == "random":
+        return RandomBatches(labels, t.batch_size, cfg.seed)
+    if kind == "balanced":
+        return BalancedBatches(labels, t.batch_size, cfg.seed)
+    if kind == "identity":
+        return IdentityBatches(labels, t.batch_size // t.images_per_identity,
+                               t.images_per_identity, cfg.seed)
+    raise ValueError(f"unknown sampler {kind!r}; use random, balanced or identity")
+
+
+class RunStats(Hook):
+    """Averages throughput and data-wait fraction over the run."""
+
+    def __init__(self) -> None:
+        self.ips, self.wait, self.start = [], [], time.perf_counter()
+
+    def after_step(self, trainer: Trainer) -> None:
+        self.ips.append(trainer.metrics["images_per_s"])
+        self.wait.append(trainer.metrics["data_wait_fraction"])
+
+    def summary(self) -> dict:
+        return {"wall_time_s": round(time.perf_counter() - self.start, 1),
+                "images_per_s": float(np.median(self.ips)) if self.ips else None,
+                "data_wait_fraction": float(np.mean(self.wait)) if self.wait else None}
+
+
+def validation_fn(cfg: DictConfig, device: str):
+    """model -> verification metrics on ``cfg.val.pairs`` (pair images aligned once, cached)."""
+    pairs = load_pairs(cfg.val.pairs, cfg.val.image_root)
+    align = {k: v for k, v in alignment_kwargs(cfg.align).items()
+             if k not in ("threads_per_worker", "chunk_size")}
+    images = align_pair_images(pairs, cfg.eval.cache_dir, **align)
+    calibration = None
+    if pairs.n_folds < 2 and cfg.val.calibration_pairs:
+        c_pairs = load_pairs(cfg.val.calibration_pairs, cfg.val.image_root)
+        calibration = (c_pairs, align_pair_images(c_pairs, cfg.eval.cache_dir, **align))
+    return functools.partial(evaluate_pairs, pairs=pairs, images=images,
+                             batch_size=cfg.eval.batch_size, device=device, flip=cfg.eval.flip,
+                             calibration=calibration, n_bootstrap=cfg.eval.n_bootstrap,
+                             seed=cfg.eval.seed)
+
+
+def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation | None, RunStats]:
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.trainer.device)
+    for source in cfg.train_data.sources.values():
+        ensure_pack(source, cfg.align)
+    sources = [Source(s.pack_dir, s.get("identities")) for s in cfg.train_data.sources.values()]
+    dataset = TrainSet(sources, cfg.train_data.min_images_per_identity)
+    log.info("training on %d images of %d identities", len(dataset), dataset.num_classes)
+    model = instantiate(cfg.model)
+    head = None
+    if cfg.head.module is not None:
+        head = instantiate(cfg.head.module, num_classes=dataset.num_classes)
+    loss_fn = instantiate(cfg.head.loss)
+    params = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
+    optimizer = instantiate(cfg.optimizer)(params)
+    scheduler = make_scheduler(optimizer, cfg.trainer.max_steps, **cfg.scheduler)
+    weight = (class_weights(dataset.labels, cfg.train_data.class_weight_power)
+              if cfg.train_data.class_weight_power else None)
+    tb = H.TensorBoard(out_dir / "tensorboard", cfg.trainer.log_every)
+    validation = None
+    if cfg.val.pairs:
+        validation = H.Validation(validation_fn(cfg, device), cfg.trainer.eval_every,
+                                  name=Path(cfg.val.pairs).stem, tensorboard=tb)
+    stats = RunStats()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    hooks = [H.LRSchedule(), H.StopOnNaN(), stats, H.Progress(), tb]
+    hooks += [validation] if validation is not None else []
+    hooks += [H.Checkpoint(out_dir / "checkpoints", config, cfg.trainer.checkpoint_every,
+                           validation)]
+    trainer = Trainer(model, head, loss_fn, optimizer, scheduler, dataset,
+                      make_plan(cfg, dataset.labels), instantiate(cfg.augment, seed=cfg.seed),
+                      cfg.trainer.max_steps, hooks, device, cfg.trainer.precision,
+                      cfg.trainer.grad_clip, cfg.trainer.accum_steps, cfg.trainer.channels_last,
+                      weight, cfg.trainer.num_workers)
+    return trainer, validation, stats
+
+
+def resume_path(cfg: DictConfig, out_dir: Path) -> Path | None:
+    if not cfg.resume:
+        return None
+    path = out_dir / "checkpoints" / "last.pt" if cfg.resume is True else Path(cfg.resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"resume: no checkpoint at {path}; pass resume=<path to last.pt>"
+                                " or run_name=<the run to continue> resume=true")
+    return path
+
+
+def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
+    """Train as ``cfg`` says, writing checkpoints, TensorBoard logs, metrics.json and
+    config.yaml into ``out_dir``. Returns the metrics dict."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    trainer, validation, stats = build_trainer(cfg, out_dir)
+    path = resume_path(cfg, out_dir)
+    if path is not None:
+        state = load_checkpoint(path, trainer.device)
+        trainer.load_state_dict(state)
+        if validation is not None and "validation" in state:
+            validation.load_state_dict(state["validation"])
+        log.info("resumed from %s at step %d", path, trainer.state.step)
+    trainer.train()
+    metrics = {"train": {**stats.summary(), "steps": trainer.state.step,
+                         "epochs": trainer.state.epoch + trainer.state.batch_in_epoch / len(trainer.plan),
+                         "images": len(trainer.dataset), "identities": trainer.dataset.num_classes,
+                         "final_loss": trainer.metrics.get("loss")}}
+    if validation is not None and validation.latest is not None:
+        m = validation.latest
+        metrics["val"] = {k: v for k, v in m.items() if k not in ("scores", "roc")}
+        metrics["val_history"] = validation.history
+        metrics["val/accuracy"] = m["accuracy_mean"]
+        metrics["val/eer"] = m["eer"]
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,134 @@
+"""Training on tiny synthetic packs: every backbone and head, exact resume, NaN, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from face_rec.align.run import run_alignment
+from face_rec.data.pairs import write_bin
+from face_rec.engine.hooks import Hook, TrainingDiverged
+from face_rec.train import build_trainer, train_from_config
+from face_rec.utils.checkpoint import load_checkpoint, model_from_checkpoint
+
+from ..align.test_run import FakeDetector, _tree
+from ..conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    root = _tree(tmp / "in", n_ids=6, per_id=4)
+    run_alignment(root, tmp / "pack", FakeDetector, workers=0)
+    return tmp / "pack"
+
+
+def _cfg(pack, tmp_path, *overrides):
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        return compose("train", overrides=[
+            f"train_data.sources.lfw.pack_dir={pack}", "train_data.sources.lfw.identities=null",
+            "val.pairs=null", "trainer.batch_size=8", "trainer.max_steps=3",
+            "trainer.checkpoint_every=0", "model.input_size=32", "augment.size=32",
+            "model.embedding_dim=16", "scheduler.warmup_steps=1", "trainer.device=cpu",
+            f"paths.pack_dir={tmp_path}/packs", f"paths.log_dir={tmp_path}/logs",
+            *overrides])
+
+
+class Record(Hook):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def after_step(self, trainer) -> None:
+        self.losses.append(trainer.metrics["loss"])
+
+
+def _run(cfg, out):
+    trainer, _, _ = build_trainer(cfg, out)
+    rec = Record()
+    trainer.hooks.append(rec)
+    trainer.train()
+    return trainer, rec.losses
+
+
+@pytest.mark.parametrize("model", ["iresnet18", "iresnet34", "iresnet50", "iresnet100",
+                                   "resnet18", "resnet34", "resnet50", "mobilefacenet"])
+def test_every_backbone_trains_with_arcface(pack, tmp_path, model):
+    cfg = _cfg(pack, tmp_path, f"model={model}", "model.input_size=32", "model.embedding_dim=16",
+               "trainer.max_steps=2")
+    trainer, losses = _run(cfg, tmp_path / "run")
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert trainer.metrics["grad_norm"] > 0
+
+
+@pytest.mark.parametrize("head", ["softmax", "normface", "sphereface", "cosface", "arcface",
+                                  "combined", "curricularface", "triplet"])
+def test_every_head_lowers_the_loss(pack, tmp_path, head):
+    cfg = _cfg(pack, tmp_path, f"head={head}", "model=mobilefacenet", "model.input_size=32",
+               "model.embedding_dim=16", "trainer.max_steps=12", "optimizer.lr=0.05",
+               "trainer.images_per_identity=2", "augment.flip=0", "augment.shift=0",
+               "augment.brightness=0", "augment.contrast=0", "augment.saturation=0")
+    _, losses = _run(cfg, tmp_path / "run")
+    assert np.mean(losses[-3:]) < losses[0], losses
+
+
+def test_resume_continues_the_exact_loss_sequence(pack, tmp_path):
+    over = ["model=iresnet18", "model.input_size=32", "model.embedding_dim=16",
+            "model.dropout=0.2", "trainer.max_steps=6", "trainer.checkpoint_every=3"]
+    _, whole = _run(_cfg(pack, tmp_path, *over), tmp_path / "a")
+
+    class Kill(Hook):
+        def after_step(self, trainer):
+            if trainer.state.step == 4:
+                raise KeyboardInterrupt
+
+    trainer, _, _ = build_trainer(_cfg(pack, tmp_path, *over), tmp_path / "b")
+    trainer.hooks.append(Kill())
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["trainer"]["step"] == 3
+    seed_noise = torch.rand(100)  # disturb the global RNG: resume must restore it
+    del seed_noise
+    trainer, _, _ = build_trainer(_cfg(pack, tmp_path, *over, "resume=true"), tmp_path / "b")
+    trainer.load_state_dict(load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt"))
+    rec = Record()
+    trainer.hooks.append(rec)
+    trainer.train()
+    assert rec.losses == whole[3:]
+
+
+def test_same_seed_same_numbers(pack, tmp_path):
+    over = ["model=mobilefacenet", "model.input_size=32", "trainer.max_steps=3"]
+    _, a = _run(_cfg(pack, tmp_path, *over), tmp_path / "a")
+    _, b = _run(_cfg(pack, tmp_path, *over), tmp_path / "b")
+    _, c = _run(_cfg(pack, tmp_path, *over, "seed=1"), tmp_path / "c")
+    assert a == b and a != c
+
+
+def test_nan_stops_with_a_clear_message(pack, tmp_path):
+    cfg = _cfg(pack, tmp_path, "model=mobilefacenet", "model.input_size=32", "optimizer.lr=1e30",
+               "trainer.grad_clip=null", "trainer.max_steps=20", "scheduler.warmup_steps=0")
+    with pytest.raises(TrainingDiverged, match="lower optimizer.lr"):
+        _run(cfg, tmp_path / "run")
+
+
+def test_full_run_writes_checkpoints_metrics_and_validation(pack, tmp_path):
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (20, 112, 112, 3), dtype=np.uint8)
+    write_bin(tmp_path / "val.bin", crops[:10], crops[10:], np.arange(10) % 2 == 0)
+    cfg = _cfg(pack, tmp_path, "model=mobilefacenet", "model.input_size=32",
+               f"val.pairs={tmp_path}/val.bin", "eval.n_bootstrap=10", "trainer.max_steps=4",
+               "trainer.eval_every=2", "trainer.checkpoint_every=2")
+    out = tmp_path / "run"
+    metrics = train_from_config(cfg, out)
+    assert metrics["train"]["steps"] == 4 and len(metrics["val_history"]) == 2
+    assert 0 <= metrics["val/accuracy"] <= 1
+    assert (out / "metrics.json").is_file() and (out / "config.yaml").is_file()
+    assert list((out / "tensorboard").iterdir())
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert {"model", "head", "optimizer", "scheduler", "scaler", "rng", "trainer",
+            "config"} <= set(ckpt)
+    model = model_from_checkpoint(out / "checkpoints" / "last.pt").eval()
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 16)

@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from face_rec.models.heads import CosineHead, LinearHead
+from face_rec.models.registry import create_model, list_models
+from face_rec.models.summary import count_params, forward_flops
+
+ALL = ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "mobilefacenet", "resnet18",
+       "resnet34", "resnet50"]
+
+
+def test_registry_lists_every_backbone():
+    assert list_models() == sorted(ALL)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_backbone_maps_images_to_finite_embeddings(name):
+    torch.manual_seed(0)
+    model = create_model(name, embedding_dim=64, input_size=112).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 112, 112) * 2 - 1)
+    assert out.shape == (2, 64) and torch.isfinite(out).all()
+
+
+def test_input_size_width_and_dropout_are_arguments():
+    small = create_model("iresnet18", embedding_dim=32, input_size=64, width=0.5, dropout=0.2)
+    assert small(torch.zeros(2, 3, 64, 64)).shape == (2, 32)
+    assert count_params(small) < count_params(create_model("iresnet18", input_size=64)) / 3
+    with pytest.raises(ValueError, match="multiple of 16"):
+        create_model("resnet18", input_size=100)
+
+
+def test_unknown_backbone_names_the_choices():
+    with pytest.raises(ValueError, match=r"unknown backbone 'resnet51'.*resnet50"):
+        create_model("resnet51")
+
+
+def test_published_sizes():
+    """ArcFace's IResNet-50: 43.6M parameters, 6.3 GMACs (12.6 GFLOPs) at 112x112."""
+    model = create_model("iresnet50")
+    assert count_params(model) == pytest.approx(43.6e6, rel=0.01)
+    assert forward_flops(model) == pytest.approx(12.6e9, rel=0.02)
+
+
+def test_heads_own_the_centres():
+    x = torch.randn(4, 16)
+    cos = CosineHead(16, 10)(x)
+    assert cos.shape == (4, 10) and cos.abs().max() <= 1 + 1e-6
+    assert LinearHead(16, 10)(x).shape == (4, 10)
