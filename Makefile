@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) align.py data=lfw_sample
+	$(PY) train.py
 
 test: venv
 	$(PY) -m pytest -q

@@ -44,8 +44,13 @@ def embedding_throughput(name: str, n: int, flip: bool, repeats: int) -> float:
 
 
 def eval_wall_time(model: str, cache: Path, out: Path) -> float:
-    cmd = [sys.executable, str(REPO / "eval_lfw.py"), f"model={model}", f"eval.cache_dir={cache}",
-           f"hydra.run.dir={out}"]
+    cmd = [
+        sys.executable,
+        str(REPO / "eval_lfw.py"),
+        f"model={model}",
+        f"eval.cache_dir={cache}",
+        f"hydra.run.dir={out}",
+    ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
@@ -57,18 +62,24 @@ def main() -> None:
     p.add_argument("--n", type=int, default=512, help="crops for the throughput measurement")
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
-    result = {"model": args.model, "torch_threads": torch.get_num_threads(),
-              "embed_img_s_flip": round(embedding_throughput(args.model, args.n, True, 3), 2),
-              "embed_img_s_noflip": round(embedding_throughput(args.model, args.n, False, 3), 2)}
+    result = {
+        "model": args.model,
+        "torch_threads": torch.get_num_threads(),
+        "embed_img_s_flip": round(embedding_throughput(args.model, args.n, True, 3), 2),
+        "embed_img_s_noflip": round(embedding_throughput(args.model, args.n, False, 3), 2),
+    }
     if os.environ.get("FACE_REC_DATA"):
         cold, warm = [], []
         for r in range(args.repeats):
             with tempfile.TemporaryDirectory() as tmp:
                 cold.append(eval_wall_time(args.model, Path(tmp) / "cache", Path(tmp) / f"c{r}"))
                 warm.append(eval_wall_time(args.model, Path(tmp) / "cache", Path(tmp) / f"w{r}"))
-        result.update(devtest_cold_s=round(statistics.median(cold), 1),
-                      devtest_warm_s=round(statistics.median(warm), 1),
-                      cold_runs=[round(x, 1) for x in cold], warm_runs=[round(x, 1) for x in warm])
+        result.update(
+            devtest_cold_s=round(statistics.median(cold), 1),
+            devtest_warm_s=round(statistics.median(warm), 1),
+            cold_runs=[round(x, 1) for x in cold],
+            warm_runs=[round(x, 1) for x in warm],
+        )
     print(json.dumps(result))
 
 

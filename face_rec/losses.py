@@ -110,9 +110,9 @@ class SphereFaceLoss(MarginSoftmax):
 
 
 class CurricularFaceLoss(nn.Module):
-    """CurricularFace (Huang et al. 2020): ArcFace target psi(theta_y) = cos(theta_y + m), and hard
-    negatives (cos theta_j > psi(theta_y)) re-weighted to cos theta_j (t + cos theta_j), where t is a
-    running mean of cos theta_y (momentum 0.01): easy samples first, hard ones later.
+    """CurricularFace (Huang et al. 2020): ArcFace target psi(theta_y) = cos(theta_y + m), and
+    hard negatives (cos theta_j > psi(theta_y)) re-weighted to cos theta_j (t + cos theta_j),
+    where t is a running mean of cos theta_y (momentum 0.01): easy samples first, hard ones later.
 
     t is a buffer (state), not a learned parameter; it is saved in checkpoints.
     """

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (libraries may use the global state)
     torch.manual_seed(seed)
 
 
@@ -42,12 +42,11 @@ def ensure_pack(source: DictConfig, align: DictConfig) -> None:
         return
     log.info("no complete pack at %s: aligning %s first", source.pack_dir, source.image_dir)
     kw = alignment_kwargs(align)
-    kw["make_detector"] = functools.partial(kw["make_detector"],
-                                            min_face_size=source.min_face_size)
+    kw["make_detector"] = functools.partial(kw["make_detector"], min_face_size=source.min_face_size)
     kw["detector_settings"]["min_face_size"] = source.min_face_size
-    kw["settings"] = type(kw["settings"])(**{**kw["settings"].__dict__,
-                                             "fallback_face_fraction":
-                                             source.fallback_face_fraction})
+    kw["settings"] = type(kw["settings"])(
+        **{**kw["settings"].__dict__, "fallback_face_fraction": source.fallback_face_fraction}
+    )
     run_alignment(source.image_dir, source.pack_dir, limit=source.limit, **kw)
 
 
@@ -58,8 +57,9 @@ def make_plan(cfg: DictConfig, labels: np.ndarray):
     if kind == "balanced":
         return BalancedBatches(labels, t.batch_size, cfg.seed)
     if kind == "identity":
-        return IdentityBatches(labels, t.batch_size // t.images_per_identity,
-                               t.images_per_identity, cfg.seed)
+        return IdentityBatches(
+            labels, t.batch_size // t.images_per_identity, t.images_per_identity, cfg.seed
+        )
     raise ValueError(f"unknown sampler {kind!r}; use random, balanced or identity")
 
 
@@ -74,25 +74,37 @@ class RunStats(Hook):
         self.wait.append(trainer.metrics["data_wait_fraction"])
 
     def summary(self) -> dict:
-        return {"wall_time_s": round(time.perf_counter() - self.start, 1),
-                "images_per_s": float(np.median(self.ips)) if self.ips else None,
-                "data_wait_fraction": float(np.mean(self.wait)) if self.wait else None}
+        return {
+            "wall_time_s": round(time.perf_counter() - self.start, 1),
+            "images_per_s": float(np.median(self.ips)) if self.ips else None,
+            "data_wait_fraction": float(np.mean(self.wait)) if self.wait else None,
+        }
 
 
 def validation_fn(cfg: DictConfig, device: str):
     """model -> verification metrics on ``cfg.val.pairs`` (pair images aligned once, cached)."""
     pairs = load_pairs(cfg.val.pairs, cfg.val.image_root)
-    align = {k: v for k, v in alignment_kwargs(cfg.align).items()
-             if k not in ("threads_per_worker", "chunk_size")}
+    align = {
+        k: v
+        for k, v in alignment_kwargs(cfg.align).items()
+        if k not in ("threads_per_worker", "chunk_size")
+    }
     images = align_pair_images(pairs, cfg.eval.cache_dir, **align)
     calibration = None
     if pairs.n_folds < 2 and cfg.val.calibration_pairs:
         c_pairs = load_pairs(cfg.val.calibration_pairs, cfg.val.image_root)
         calibration = (c_pairs, align_pair_images(c_pairs, cfg.eval.cache_dir, **align))
-    return functools.partial(evaluate_pairs, pairs=pairs, images=images,
-                             batch_size=cfg.eval.batch_size, device=device, flip=cfg.eval.flip,
-                             calibration=calibration, n_bootstrap=cfg.eval.n_bootstrap,
-                             seed=cfg.eval.seed)
+    return functools.partial(
+        evaluate_pairs,
+        pairs=pairs,
+        images=images,
+        batch_size=cfg.eval.batch_size,
+        device=device,
+        flip=cfg.eval.flip,
+        calibration=calibration,
+        n_bootstrap=cfg.eval.n_bootstrap,
+        seed=cfg.eval.seed,
+    )
 
 
 def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation | None, RunStats]:
@@ -111,24 +123,46 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation
     params = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
     optimizer = instantiate(cfg.optimizer)(params)
     scheduler = make_scheduler(optimizer, cfg.trainer.max_steps, **cfg.scheduler)
-    weight = (class_weights(dataset.labels, cfg.train_data.class_weight_power)
-              if cfg.train_data.class_weight_power else None)
+    weight = (
+        class_weights(dataset.labels, cfg.train_data.class_weight_power)
+        if cfg.train_data.class_weight_power
+        else None
+    )
     tb = H.TensorBoard(out_dir / "tensorboard", cfg.trainer.log_every)
     validation = None
     if cfg.val.pairs:
-        validation = H.Validation(validation_fn(cfg, device), cfg.trainer.eval_every,
-                                  name=Path(cfg.val.pairs).stem, tensorboard=tb)
+        validation = H.Validation(
+            validation_fn(cfg, device),
+            cfg.trainer.eval_every,
+            name=Path(cfg.val.pairs).stem,
+            tensorboard=tb,
+        )
     stats = RunStats()
     config = OmegaConf.to_container(cfg, resolve=True)
     hooks = [H.LRSchedule(), H.StopOnNaN(), stats, H.Progress(), tb]
     hooks += [validation] if validation is not None else []
-    hooks += [H.Checkpoint(out_dir / "checkpoints", config, cfg.trainer.checkpoint_every,
-                           validation)]
-    trainer = Trainer(model, head, loss_fn, optimizer, scheduler, dataset,
-                      make_plan(cfg, dataset.labels), instantiate(cfg.augment, seed=cfg.seed),
-                      cfg.trainer.max_steps, hooks, device, cfg.trainer.precision,
-                      cfg.trainer.grad_clip, cfg.trainer.accum_steps, cfg.trainer.channels_last,
-                      weight, cfg.trainer.num_workers)
+    hooks += [
+        H.Checkpoint(out_dir / "checkpoints", config, cfg.trainer.checkpoint_every, validation)
+    ]
+    trainer = Trainer(
+        model,
+        head,
+        loss_fn,
+        optimizer,
+        scheduler,
+        dataset,
+        make_plan(cfg, dataset.labels),
+        instantiate(cfg.augment, seed=cfg.seed),
+        cfg.trainer.max_steps,
+        hooks,
+        device,
+        cfg.trainer.precision,
+        cfg.trainer.grad_clip,
+        cfg.trainer.accum_steps,
+        cfg.trainer.channels_last,
+        weight,
+        cfg.trainer.num_workers,
+    )
     return trainer, validation, stats
 
 
@@ -137,8 +171,10 @@ def resume_path(cfg: DictConfig, out_dir: Path) -> Path | None:
         return None
     path = out_dir / "checkpoints" / "last.pt" if cfg.resume is True else Path(cfg.resume)
     if not path.is_file():
-        raise FileNotFoundError(f"resume: no checkpoint at {path}; pass resume=<path to last.pt>"
-                                " or run_name=<the run to continue> resume=true")
+        raise FileNotFoundError(
+            f"resume: no checkpoint at {path}; pass resume=<path to last.pt>"
+            " or run_name=<the run to continue> resume=true"
+        )
     return path
 
 
@@ -157,10 +193,16 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
             validation.load_state_dict(state["validation"])
         log.info("resumed from %s at step %d", path, trainer.state.step)
     trainer.train()
-    metrics = {"train": {**stats.summary(), "steps": trainer.state.step,
-                         "epochs": trainer.state.epoch + trainer.state.batch_in_epoch / len(trainer.plan),
-                         "images": len(trainer.dataset), "identities": trainer.dataset.num_classes,
-                         "final_loss": trainer.metrics.get("loss")}}
+    metrics = {
+        "train": {
+            **stats.summary(),
+            "steps": trainer.state.step,
+            "epochs": trainer.state.epoch + trainer.state.batch_in_epoch / len(trainer.plan),
+            "images": len(trainer.dataset),
+            "identities": trainer.dataset.num_classes,
+            "final_loss": trainer.metrics.get("loss"),
+        }
+    }
     if validation is not None and validation.latest is not None:
         m = validation.latest
         metrics["val"] = {k: v for k, v in m.items() if k not in ("scores", "roc")}

@@ -39,6 +39,7 @@ def _arc_psi(m):
     def psi(c):
         t = math.acos(c)
         return math.cos(t + m) if t + m <= math.pi else c - m * math.sin(m)
+
     return psi
 
 
@@ -47,6 +48,7 @@ def _sphere_psi(m):
         t = math.acos(c)
         k = math.floor(m * t / math.pi)
         return (-1) ** k * math.cos(m * t) - 2 * k
+
     return psi
 
 
@@ -54,9 +56,15 @@ CASES = [
     (L.NormFaceLoss(s=30.0), 30.0, lambda c: c),
     (L.CosFaceLoss(s=64.0, m=0.35), 64.0, lambda c: c - 0.35),
     (L.ArcFaceLoss(s=64.0, m=0.5), 64.0, _arc_psi(0.5)),
-    (L.CombinedMarginLoss(s=32.0, m1=1.0, m2=0.3, m3=0.2), 32.0,
-     lambda c: (math.cos(math.acos(c) + 0.3) - 0.2) if math.acos(c) + 0.3 <= math.pi
-     else c - 0.2 - 0.3 * math.sin(0.3)),
+    (
+        L.CombinedMarginLoss(s=32.0, m1=1.0, m2=0.3, m3=0.2),
+        32.0,
+        lambda c: (
+            (math.cos(math.acos(c) + 0.3) - 0.2)
+            if math.acos(c) + 0.3 <= math.pi
+            else c - 0.2 - 0.3 * math.sin(0.3)
+        ),
+    ),
     (L.SphereFaceLoss(s=30.0, m=1.7), 30.0, _sphere_psi(1.7)),
 ]
 
@@ -64,8 +72,9 @@ CASES = [
 @pytest.mark.parametrize("loss,s,psi", CASES, ids=lambda v: type(v).__name__)
 def test_margin_losses_match_a_loop_reference(loss, s, psi):
     cos, labels = _cos()
-    torch.testing.assert_close(loss(cos, labels), _reference(cos, labels, s, psi).float(),
-                               atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        loss(cos, labels), _reference(cos, labels, s, psi).float(), atol=2e-4, rtol=1e-4
+    )
 
 
 def test_softmax_is_cross_entropy_of_the_logits():
@@ -77,8 +86,12 @@ def test_softmax_is_cross_entropy_of_the_logits():
 
 def test_arcface_with_zero_margin_is_normface():
     cos, labels = _cos(seed=2)
-    torch.testing.assert_close(L.ArcFaceLoss(s=64, m=0.0)(cos, labels),
-                               L.NormFaceLoss(s=64)(cos, labels), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(
+        L.ArcFaceLoss(s=64, m=0.0)(cos, labels),
+        L.NormFaceLoss(s=64)(cos, labels),
+        atol=1e-4,
+        rtol=1e-5,
+    )
 
 
 def test_cosface_shifts_exactly_the_target_logit():
@@ -123,8 +136,7 @@ def test_curricularface_reference_and_running_t():
         for j, c in enumerate(cos[i].tolist()):
             row.append(64 * (target if j == y else (c * (t + c) if c > target else c)))
         rows.append(row)
-    torch.testing.assert_close(got, _ce_loop(rows, labels.tolist()).float(), atol=2e-4,
-                               rtol=1e-4)
+    torch.testing.assert_close(got, _ce_loop(rows, labels.tolist()).float(), atol=2e-4, rtol=1e-4)
     assert not any(p.requires_grad for p in loss.parameters())
 
 

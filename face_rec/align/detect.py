@@ -71,8 +71,8 @@ class FaceDetector:
     ``thresholds`` are MTCNN's three stage thresholds; a face below ``min_prob`` is still
     returned (marked not ``confident``) so the caller can record it.
     The three MTCNN networks run in channels_last memory format (max-pooling on this layout is
-    several times faster on CPU) through :func:`face_rec.align.mtcnn.detect_faces`, facenet-pytorch's
-    cascade with batched crop resampling: the same boxes and landmarks, faster.
+    several times faster on CPU) through :func:`face_rec.align.mtcnn.detect_faces`,
+    facenet-pytorch's cascade with batched crop resampling: the same boxes and landmarks, faster.
     """
 
     def __init__(
@@ -125,8 +125,9 @@ class FaceDetector:
         for k, img in enumerate(images):
             batch[k, : img.shape[0], : img.shape[1]] = torch.from_numpy(img)
         batch = batch.to(m.device)
-        boxes, points = detect_faces(batch, m.min_face_size, m.pnet, m.rnet, m.onet,
-                                     m.thresholds, m.factor)
+        boxes, points = detect_faces(
+            batch, m.min_face_size, m.pnet, m.rnet, m.onet, m.thresholds, m.factor
+        )
         faces: list[Face | None] = []
         for b, pts, hw in zip(boxes, points, sizes, strict=True):
             if len(b) == 0:

@@ -56,8 +56,16 @@ def area_resize(table: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
     return total.double().div_(count).float()
 
 
-def area_crops(table: torch.Tensor, image_idx: torch.Tensor, y0: np.ndarray, y1: np.ndarray,
-               x0: np.ndarray, x1: np.ndarray, size: int, chunk: int = 512) -> torch.Tensor:
+def area_crops(
+    table: torch.Tensor,
+    image_idx: torch.Tensor,
+    y0: np.ndarray,
+    y1: np.ndarray,
+    x0: np.ndarray,
+    x1: np.ndarray,
+    size: int,
+    chunk: int = 512,
+) -> torch.Tensor:
     """Crop rows [y0, y1) and columns [x0, x1) of image ``image_idx`` for every box and resize
     each to ``size`` x ``size`` by area interpolation. Returns (B, C, size, size) float32."""
     n_img, c, hp, wp = table.shape
@@ -69,8 +77,12 @@ def area_crops(table: torch.Tensor, image_idx: torch.Tensor, y0: np.ndarray, y1:
         rs, re = _cells(y0[sl], y1[sl] - y0[sl], size)  # (B, size)
         cs, ce = _cells(x0[sl], x1[sl] - x0[sl], size)
         base = (idx_img[sl] * hp * wp)[:, None, None]
-        corners = np.stack([base + r[:, :, None] * wp + cc[:, None, :]
-                            for r, cc in ((re, ce), (rs, ce), (re, cs), (rs, cs))])
+        corners = np.stack(
+            [
+                base + r[:, :, None] * wp + cc[:, None, :]
+                for r, cc in ((re, ce), (rs, ce), (re, cs), (rs, cs))
+            ]
+        )
         idx = torch.as_tensor(corners.reshape(-1), device=table.device)
         v = flat.index_select(0, idx).view(*corners.shape, c)  # (4, B, size, size, C)
         total = v[0] - v[1] - v[2] + v[3]
@@ -79,13 +91,15 @@ def area_crops(table: torch.Tensor, image_idx: torch.Tensor, y0: np.ndarray, y1:
     return torch.cat(out).contiguous(memory_format=torch.channels_last)
 
 
-def _stage_input(table: torch.Tensor, boxes: torch.Tensor, image_inds: torch.Tensor, w: int,
-                 h: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _stage_input(
+    table: torch.Tensor, boxes: torch.Tensor, image_inds: torch.Tensor, w: int, h: int, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised (B, 3, size, size) crops of ``boxes``; also the mask of non-empty boxes."""
     y, ey, x, ex = pad(boxes, w, h)
     keep = (ey > y - 1) & (ex > x - 1)
-    crops = area_crops(table, image_inds[torch.as_tensor(keep)], y[keep] - 1, ey[keep],
-                       x[keep] - 1, ex[keep], size)
+    crops = area_crops(
+        table, image_inds[torch.as_tensor(keep)], y[keep] - 1, ey[keep], x[keep] - 1, ex[keep], size
+    )
     return (crops - 127.5) * 0.0078125, torch.as_tensor(keep, device=boxes.device)
 
 
@@ -101,9 +115,15 @@ def _pyramid(h: int, w: int, minsize: float, factor: float) -> list[float]:
 
 
 @torch.inference_mode()
-def detect_faces(imgs: torch.Tensor, minsize: float, pnet: nn.Module, rnet: nn.Module,
-                 onet: nn.Module, threshold: list[float], factor: float
-                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def detect_faces(
+    imgs: torch.Tensor,
+    minsize: float,
+    pnet: nn.Module,
+    rnet: nn.Module,
+    onet: nn.Module,
+    threshold: list[float],
+    factor: float,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Faces in a batch of equal-size images ``imgs`` (N, H, W, 3) uint8 tensor.
 
     Returns per image: boxes (K, 5) x1 y1 x2 y2 prob, and landmarks (K, 5, 2), as
@@ -130,9 +150,16 @@ def detect_faces(imgs: torch.Tensor, minsize: float, pnet: nn.Module, rnet: nn.M
     pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
     boxes, image_inds = boxes[pick], image_inds[pick]
     regw, regh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    boxes = torch.stack([boxes[:, 0] + boxes[:, 5] * regw, boxes[:, 1] + boxes[:, 6] * regh,
-                         boxes[:, 2] + boxes[:, 7] * regw, boxes[:, 3] + boxes[:, 8] * regh,
-                         boxes[:, 4]], dim=1)
+    boxes = torch.stack(
+        [
+            boxes[:, 0] + boxes[:, 5] * regw,
+            boxes[:, 1] + boxes[:, 6] * regh,
+            boxes[:, 2] + boxes[:, 7] * regw,
+            boxes[:, 3] + boxes[:, 8] * regh,
+            boxes[:, 4],
+        ],
+        dim=1,
+    )
     boxes = rerec(boxes)
     points = torch.zeros(0, 5, 2, device=dev)
     if len(boxes):  # stage 2: RNet refines

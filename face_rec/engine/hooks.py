@@ -8,7 +8,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from face_rec.engine.trainer import Hook, Trainer
@@ -47,8 +46,13 @@ class Progress(Hook):
     """A tqdm bar over the steps, with ETA, loss, accuracy and LR."""
 
     def before_train(self, trainer: Trainer) -> None:
-        self.bar = tqdm(total=trainer.max_steps, initial=trainer.state.step, desc="train",
-                        unit="step", dynamic_ncols=True)
+        self.bar = tqdm(
+            total=trainer.max_steps,
+            initial=trainer.state.step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        )
 
     def after_step(self, trainer: Trainer) -> None:
         m = trainer.metrics
@@ -75,8 +79,14 @@ class TensorBoard(Hook):
     def after_step(self, trainer: Trainer) -> None:
         step, m = trainer.state.step, trainer.metrics
         if step % self.every == 0 or step == trainer.max_steps:
-            for key in ("loss", "accuracy", "lr", "images_per_s", "data_wait_fraction",
-                        "grad_norm"):
+            for key in (
+                "loss",
+                "accuracy",
+                "lr",
+                "images_per_s",
+                "data_wait_fraction",
+                "grad_norm",
+            ):
                 if m.get(key) is not None:
                     self.writer.add_scalar(f"train/{key}", m[key], step)
         if step % self.hist_every == 0:
@@ -103,8 +113,14 @@ class Validation(Hook):
     model -> metrics dict). Keeps ``history``, the latest result and whether it is the best so far
     by ``metric`` (higher is better)."""
 
-    def __init__(self, evaluate, every: int, name: str = "val",
-                 metric: str = "accuracy_mean", tensorboard: TensorBoard | None = None) -> None:
+    def __init__(
+        self,
+        evaluate,
+        every: int,
+        name: str = "val",
+        metric: str = "accuracy_mean",
+        tensorboard: TensorBoard | None = None,
+    ) -> None:
         self.evaluate, self.every, self.name, self.metric = evaluate, every, name, metric
         self.tensorboard = tensorboard
         self.history: list[dict] = []
@@ -125,9 +141,14 @@ class Validation(Hook):
         value = m[self.metric]
         self.improved = value > self.best_value
         self.best_value = max(self.best_value, value)
-        summary = {"step": trainer.state.step, "accuracy": m["accuracy_mean"], "eer": m["eer"],
-                   "auc": m["auc"], "tar_at_far": m["tar_at_far"],
-                   "seconds": round(time.perf_counter() - start, 1)}
+        summary = {
+            "step": trainer.state.step,
+            "accuracy": m["accuracy_mean"],
+            "eer": m["eer"],
+            "auc": m["auc"],
+            "tar_at_far": m["tar_at_far"],
+            "seconds": round(time.perf_counter() - start, 1),
+        }
         self.history.append(summary)
         log.info("validation %s at step %d: %s", self.name, trainer.state.step, summary)
         if self.tensorboard is not None:
@@ -144,8 +165,9 @@ class Checkpoint(Hook):
     """Atomic ``last.pt`` every ``every`` steps and at the end, ``best.pt`` whenever the
     validation hook reports an improvement. Each holds the trainer state and the resolved config."""
 
-    def __init__(self, directory: str | Path, config: dict, every: int,
-                 validation: Validation | None = None) -> None:
+    def __init__(
+        self, directory: str | Path, config: dict, every: int, validation: Validation | None = None
+    ) -> None:
         self.dir, self.config, self.every = Path(directory), config, every
         self.validation = validation
 
@@ -167,5 +189,3 @@ class Checkpoint(Hook):
             save_checkpoint(self.dir / "last.pt", state)
         if improved:
             save_checkpoint(self.dir / "best.pt", state)
-
-

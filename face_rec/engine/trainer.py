@@ -38,21 +38,43 @@ class Trainer:
     ``self.metrics`` holds loss, accuracy, grad norm, LR, images/s and the data-wait fraction.
     """
 
-    def __init__(self, model: nn.Module, head: nn.Module | None, loss_fn: nn.Module,
-                 optimizer: torch.optim.Optimizer, scheduler, dataset: Dataset, plan,
-                 augment: Augment, max_steps: int, hooks: Sequence[Hook] = (),
-                 device: str = "cpu", precision: str = "fp32", grad_clip: float | None = None,
-                 accum_steps: int = 1, channels_last: bool = False,
-                 class_weight: np.ndarray | None = None, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        head: nn.Module | None,
+        loss_fn: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        dataset: Dataset,
+        plan,
+        augment: Augment,
+        max_steps: int,
+        hooks: Sequence[Hook] = (),
+        device: str = "cpu",
+        precision: str = "fp32",
+        grad_clip: float | None = None,
+        accum_steps: int = 1,
+        channels_last: bool = False,
+        class_weight: np.ndarray | None = None,
+        num_workers: int = 0,
+    ) -> None:
         self.model, self.head, self.loss_fn = model, head, loss_fn
-        self.optimizer, self.scheduler, self.dataset, self.plan = optimizer, scheduler, dataset, plan
+        self.optimizer, self.scheduler, self.dataset, self.plan = (
+            optimizer,
+            scheduler,
+            dataset,
+            plan,
+        )
         self.augment, self.max_steps, self.hooks = augment, max_steps, list(hooks)
         self.device, self.precision, self.grad_clip = torch.device(device), precision, grad_clip
         self.accum_steps, self.num_workers = accum_steps, num_workers
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
-        self.weight = None if class_weight is None else torch.as_tensor(
-            class_weight, dtype=torch.float32, device=self.device)
+        self.weight = (
+            None
+            if class_weight is None
+            else torch.as_tensor(class_weight, dtype=torch.float32, device=self.device)
+        )
         self.state, self.metrics, self.stop = TrainState(), {}, False
         for m in (model, head, loss_fn):
             if m is not None:
@@ -102,9 +124,12 @@ class Trainer:
         elapsed = time.perf_counter() - start
         wait = sum(m[2] for m in micro)
         self.metrics = {
-            "loss": float(np.mean(losses)), "accuracy": correct / seen if self.head else None,
-            "grad_norm": float(grad_norm), "lr": self.optimizer.param_groups[0]["lr"],
-            "images_per_s": seen / (elapsed + wait), "data_wait_fraction": wait / (elapsed + wait),
+            "loss": float(np.mean(losses)),
+            "accuracy": correct / seen if self.head else None,
+            "grad_norm": float(grad_norm),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": seen / (elapsed + wait),
+            "data_wait_fraction": wait / (elapsed + wait),
             "embedding_norms": embeddings.detach().float().norm(dim=1).cpu(),
         }
 
@@ -118,13 +143,16 @@ class Trainer:
         """Endless (images, labels, seconds waited) following the batch plan from the saved
         position; a resumed run continues mid-epoch exactly where it stopped."""
         while True:
-            todo = self.plan.batches(self.state.epoch)[self.state.batch_in_epoch:]
+            todo = self.plan.batches(self.state.epoch)[self.state.batch_in_epoch :]
             # the loader's own generator: creating it must not draw from the global RNG, or a
             # resumed run (which creates one more loader) would see other dropout masks
-            loader = DataLoader(self.dataset, batch_sampler=[list(b) for b in todo],
-                                num_workers=self.num_workers,
-                                pin_memory=self.device.type == "cuda",
-                                generator=torch.Generator().manual_seed(self.state.epoch))
+            loader = DataLoader(
+                self.dataset,
+                batch_sampler=[list(b) for b in todo],
+                num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda",
+                generator=torch.Generator().manual_seed(self.state.epoch),
+            )
             it = iter(loader)
             while True:
                 t0 = time.perf_counter()
@@ -150,9 +178,12 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "augment": self.augment.state_dict(),
             "trainer": asdict(self.state),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                    "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),  # noqa: NPY002 (global state)
+                "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -167,7 +198,7 @@ class Trainer:
         self.state = TrainState(**state["trainer"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
+        np.random.set_state(rng["numpy"])  # noqa: NPY002
         random.setstate(rng["python"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])

@@ -13,7 +13,12 @@ from face_rec.align.cli import alignment_kwargs
 from face_rec.data.pack import read_manifest, read_summary
 from face_rec.data.pairs import Pairs, load_pairs
 from face_rec.eval.report import plot_roc, write_metrics, write_scores
-from face_rec.eval.verification import PairImages, align_pair_images, evaluate_pairs, leaked_identities
+from face_rec.eval.verification import (
+    PairImages,
+    align_pair_images,
+    evaluate_pairs,
+    leaked_identities,
+)
 from face_rec.utils.checkpoint import model_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -47,8 +52,11 @@ def training_identities(path: str | Path) -> set[str]:
 def build_model(cfg: DictConfig) -> torch.nn.Module:
     if cfg.checkpoint:
         return model_from_checkpoint(cfg.checkpoint)
-    log.warning("no checkpoint= given: evaluating a RANDOMLY INITIALISED %s (a chance-level "
-                "sanity floor, not a result)", cfg.model.name)
+    log.warning(
+        "no checkpoint= given: evaluating a RANDOMLY INITIALISED %s (a chance-level "
+        "sanity floor, not a result)",
+        cfg.model.name,
+    )
     torch.manual_seed(cfg.eval.seed)
     return instantiate(cfg.model)
 
@@ -65,7 +73,7 @@ def _align_args(cfg: DictConfig) -> dict:
 
 
 def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """Run ``eval_lfw.py``: write metrics.json, scores.csv, roc.png, config.yaml into ``out_dir``."""
+    """Run ``eval_lfw.py``: metrics.json, scores.csv, roc.png and config.yaml into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs_path = Path(cfg.pairs) if cfg.pairs else default_pairs(Path(cfg.data.root))
@@ -77,19 +85,37 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     if pairs.n_folds < 2 and calib_path and Path(calib_path).is_file():
         c_pairs = load_pairs(calib_path, cfg.image_root)
         calibration = (c_pairs, prepare(c_pairs, cfg))
-    metrics = evaluate_pairs(model, pairs, prepare(pairs, cfg), cfg.eval.batch_size, device,
-                             cfg.eval.flip, calibration, cfg.eval.n_bootstrap, cfg.eval.seed)
-    metrics.update(pairs=str(pairs_path), pair_format=pairs.protocol,
-                   calibration_pairs=str(calib_path) if calibration else None,
-                   checkpoint=cfg.checkpoint, model=cfg.model.name if not cfg.checkpoint else None,
-                   flip=cfg.eval.flip)
+    metrics = evaluate_pairs(
+        model,
+        pairs,
+        prepare(pairs, cfg),
+        cfg.eval.batch_size,
+        device,
+        cfg.eval.flip,
+        calibration,
+        cfg.eval.n_bootstrap,
+        cfg.eval.seed,
+    )
+    metrics.update(
+        pairs=str(pairs_path),
+        pair_format=pairs.protocol,
+        calibration_pairs=str(calib_path) if calibration else None,
+        checkpoint=cfg.checkpoint,
+        model=cfg.model.name if not cfg.checkpoint else None,
+        flip=cfg.eval.flip,
+    )
     if cfg.train_data:
         leaked = leaked_identities(pairs, training_identities(cfg.train_data))
         metrics["leaked_identities"] = leaked
         if leaked:
-            log.warning("IDENTITY LEAKAGE: %d identities of %s also occur in the training data %s "
-                        "(e.g. %s); these numbers overstate accuracy", len(leaked), pairs_path.name,
-                        cfg.train_data, ", ".join(leaked[:5]))
+            log.warning(
+                "IDENTITY LEAKAGE: %d identities of %s also occur in the training data %s "
+                "(e.g. %s); these numbers overstate accuracy",
+                len(leaked),
+                pairs_path.name,
+                cfg.train_data,
+                ", ".join(leaked[:5]),
+            )
     write_metrics(out_dir / "metrics.json", metrics)
     write_scores(out_dir / "scores.csv", pairs, metrics["scores"])
     plot_roc(out_dir / "roc.png", {pairs_path.name: metrics}, title=f"{pairs_path.name}")
@@ -103,5 +129,7 @@ def summary_line(m: dict) -> str:
     if m.get("accuracy_std") is not None:
         acc += f" +- {m['accuracy_std']:.4f}"
     tars = ", ".join(f"TAR@{k} {v:.3f}" for k, v in m["tar_at_far"].items() if v is not None)
-    return (f"{acc}, AUC {m['auc']:.4f}, EER {m['eer']:.4f}, {tars}; "
-            f"{m['n_scored']}/{m['n_pairs']} pairs scored")
+    return (
+        f"{acc}, AUC {m['auc']:.4f}, EER {m['eer']:.4f}, {tars}; "
+        f"{m['n_scored']}/{m['n_pairs']} pairs scored"
+    )

@@ -36,8 +36,9 @@ def embed_crops(
     model.eval()
     out = []
     try:
-        for s in tqdm(range(0, len(crops), batch_size), desc="embed", disable=not progress,
-                      unit="batch"):
+        for s in tqdm(
+            range(0, len(crops), batch_size), desc="embed", disable=not progress, unit="batch"
+        ):
             x = torch.from_numpy(np.array(crops[s : s + batch_size], dtype=np.uint8))
             x = x.to(device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
             x = resize(x, getattr(model, "input_size", None))

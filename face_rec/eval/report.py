@@ -18,8 +18,15 @@ def write_scores(path: Path, pairs: Pairs, scores: np.ndarray) -> None:
         w.writerow(["a", "b", "score", "same", "fold"])
         for i in range(len(pairs)):
             s = "" if np.isnan(scores[i]) else f"{scores[i]:.6f}"
-            w.writerow([pairs.images[pairs.left[i]], pairs.images[pairs.right[i]], s,
-                        int(pairs.same[i]), int(pairs.fold[i])])
+            w.writerow(
+                [
+                    pairs.images[pairs.left[i]],
+                    pairs.images[pairs.right[i]],
+                    s,
+                    int(pairs.same[i]),
+                    int(pairs.fold[i]),
+                ]
+            )
 
 
 def write_metrics(path: Path, metrics: dict) -> None:
@@ -51,14 +58,23 @@ def plot_roc_figure(curves: dict[str, dict], title: str = "ROC"):
     fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
     for label, m in curves.items():
         fpr, tpr = np.asarray(m["roc"]["fpr"]), np.asarray(m["roc"]["tpr"])
-        (line,) = ax.plot(np.maximum(fpr, 1e-5), tpr, lw=1.5,
-                          label=f"{label} (AUC {m['auc']:.4f}, EER {m['eer']:.2%})")
+        (line,) = ax.plot(
+            np.maximum(fpr, 1e-5),
+            tpr,
+            lw=1.5,
+            label=f"{label} (AUC {m['auc']:.4f}, EER {m['eer']:.2%})",
+        )
         ax.plot([m["eer"]], [1 - m["eer"]], "o", color=line.get_color(), ms=6)
         for key, tar in m["tar_at_far"].items():
             if tar is not None:
                 ax.plot([float(key)], [tar], "s", color=line.get_color(), ms=5)
-                ax.annotate(f"{tar:.3f}", (float(key), tar), textcoords="offset points",
-                            xytext=(4, -10), fontsize=7)
+                ax.annotate(
+                    f"{tar:.3f}",
+                    (float(key), tar),
+                    textcoords="offset points",
+                    xytext=(4, -10),
+                    fontsize=7,
+                )
     ax.set_xscale("log")
     ax.set_xlim(1e-4, 1)
     ax.set_ylim(0, 1.01)

@@ -50,8 +50,15 @@ def align_pair_images(
     root = Path(pairs.root).resolve()
     digest = hashlib.sha256("\n".join([str(root), *sorted(pairs.images)]).encode()).hexdigest()
     pack = Path(cache_dir) / f"{Path(pairs.source).stem}-{digest[:12]}"
-    summary = run_alignment(root, pack, make_detector, settings, workers=workers,
-                            sources=pairs.images, detector_settings=detector_settings)
+    summary = run_alignment(
+        root,
+        pack,
+        make_detector,
+        settings,
+        workers=workers,
+        sources=pairs.images,
+        detector_settings=detector_settings,
+    )
     rows = {r["source"]: r for r in read_manifest(pack / "manifest.csv")}
     images = np.load(pack / "images.npy", mmap_mode="r")
     size = summary["image_shape"][0]
@@ -68,17 +75,28 @@ def align_pair_images(
     return PairImages(crops, problems, fallback)
 
 
-def score_pairs(embeddings: np.ndarray, pairs: Pairs, problems: list[str]) -> tuple[np.ndarray, list[dict]]:
+def score_pairs(
+    embeddings: np.ndarray, pairs: Pairs, problems: list[str]
+) -> tuple[np.ndarray, list[dict]]:
     """Cosine score per pair from unit embeddings (M, D); NaN and a skip record where an image
     of the pair is unusable."""
-    scores = np.einsum("nd,nd->n", embeddings[pairs.left], embeddings[pairs.right]).astype(np.float64)
+    scores = np.einsum("nd,nd->n", embeddings[pairs.left], embeddings[pairs.right]).astype(
+        np.float64
+    )
     skipped = []
     for i, (a, b) in enumerate(zip(pairs.left, pairs.right, strict=True)):
         why = [f"{pairs.images[k]}: {problems[k]}" for k in (a, b) if problems[k]]
         if why:
             scores[i] = np.nan
-            skipped.append({"pair": i, "a": pairs.images[a], "b": pairs.images[b],
-                            "same": bool(pairs.same[i]), "reason": "; ".join(why)})
+            skipped.append(
+                {
+                    "pair": i,
+                    "a": pairs.images[a],
+                    "b": pairs.images[b],
+                    "same": bool(pairs.same[i]),
+                    "reason": "; ".join(why),
+                }
+            )
     return scores, skipped
 
 
@@ -111,23 +129,34 @@ def verification_metrics(
     if folds is not None and len(np.unique(folds)) >= 2:
         kf = M.kfold_accuracy(scores, labels, folds)
         correct = kf.pop("correct")
-        out.update(kf, protocol=f"{len(kf['fold_accuracies'])}-fold: per fold, threshold chosen "
-                                "on the other folds")
+        out.update(
+            kf,
+            protocol=f"{len(kf['fold_accuracies'])}-fold: per fold, threshold chosen "
+            "on the other folds",
+        )
     elif calibration is not None:
         t, calib_acc = M.best_threshold(*calibration)
         correct = (scores > t) == labels
-        out.update(accuracy_mean=float(correct.mean()), accuracy_std=None, fold_accuracies=[],
-                   thresholds=[t], calibration_accuracy=calib_acc,
-                   protocol=f"threshold chosen on the calibration list ({len(calibration[0])} "
-                            "pairs), applied to this list")
+        out.update(
+            accuracy_mean=float(correct.mean()),
+            accuracy_std=None,
+            fold_accuracies=[],
+            thresholds=[t],
+            calibration_accuracy=calib_acc,
+            protocol=f"threshold chosen on the calibration list ({len(calibration[0])} "
+            "pairs), applied to this list",
+        )
     else:
         kf = M.kfold_accuracy(scores, labels, stratified_folds(labels))
         correct = kf.pop("correct")
         out.update(kf, protocol="10-fold CV over this list's own pairs (stratified folds)")
     best_t, best_acc = M.best_threshold(scores, labels)
-    out["accuracy_best_threshold"] = {"accuracy": best_acc, "threshold": best_t,
-                                      "note": "threshold chosen on the test pairs themselves "
-                                              "(optimistic; not the protocol number)"}
+    out["accuracy_best_threshold"] = {
+        "accuracy": best_acc,
+        "threshold": best_t,
+        "note": "threshold chosen on the test pairs themselves "
+        "(optimistic; not the protocol number)",
+    }
     fpr, tpr, thr = M.roc(scores, labels)
     n_neg = int((~labels).sum())
     out.update(auc=M.auc(fpr, tpr), eer=M.eer(fpr, tpr), tar_at_far={}, tar_at_far_notes={})
@@ -135,12 +164,15 @@ def verification_metrics(
     for key, far in FARS.items():
         if not M.far_supported(n_neg, far):
             out["tar_at_far"][key] = None
-            out["tar_at_far_notes"][key] = (f"not reported: {n_neg} negative pairs; FAR {key} "
-                                            f"needs at least {int(round(1 / far))}")
+            out["tar_at_far_notes"][key] = (
+                f"not reported: {n_neg} negative pairs; FAR {key} "
+                f"needs at least {int(round(1 / far))}"
+            )
             continue
         out["tar_at_far"][key] = M.tar_at_far(fpr, tpr, far)
         ci[f"tar_at_far_{key}"] = M.bootstrap_ci(
-            lambda i, far=far: _tar(scores[i], labels[i], far), len(scores), n_bootstrap, seed)
+            lambda i, far=far: _tar(scores[i], labels[i], far), len(scores), n_bootstrap, seed
+        )
     out["ci95"] = {k: [lo, hi] for k, (lo, hi) in ci.items()}
     out["roc"] = {"fpr": fpr, "tpr": tpr, "thresholds": thr}
     return out
@@ -185,8 +217,13 @@ def evaluate_pairs(
     folds = pairs.fold[ok] if pairs.n_folds >= 2 else None
     out = verification_metrics(scores[ok], pairs.same[ok], folds, calib, n_bootstrap, seed)
     uses_fallback = images.fallback[pairs.left] | images.fallback[pairs.right]
-    out.update(n_pairs=len(pairs), n_scored=int(ok.sum()), skipped=skipped,
-               n_pairs_with_fallback=int(uses_fallback.sum()), scores=scores)
+    out.update(
+        n_pairs=len(pairs),
+        n_scored=int(ok.sum()),
+        skipped=skipped,
+        n_pairs_with_fallback=int(uses_fallback.sum()),
+        scores=scores,
+    )
     return out
 
 

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 
-def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> list[nn.Module]:
+def conv_bn(
+    cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1
+) -> list[nn.Module]:
     """[conv (no bias, 'same' padding), BN] as a list, for composing into a Sequential."""
     conv = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False)
     return [conv, nn.BatchNorm2d(cout)]
@@ -17,12 +19,16 @@ def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int =
 class Residual(nn.Module):
     """``y = act(branch(x) + shortcut(x))``; the shortcut is a 1x1 conv + BN when shapes change."""
 
-    def __init__(self, branch: nn.Module, cin: int, cout: int, stride: int,
-                 act: nn.Module | None = None) -> None:
+    def __init__(
+        self, branch: nn.Module, cin: int, cout: int, stride: int, act: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.branch = branch
-        self.shortcut = (nn.Identity() if stride == 1 and cin == cout
-                         else nn.Sequential(*conv_bn(cin, cout, 1, stride)))
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(*conv_bn(cin, cout, 1, stride))
+        )
         self.act = act or nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -39,17 +45,22 @@ def ibasic(cin: int, cout: int, stride: int) -> nn.Module:
 
 def basic(cin: int, cout: int, stride: int) -> nn.Module:
     """Classic ResNet basic unit: conv3x3(stride)-BN-ReLU-conv3x3-BN, plus shortcut, ReLU."""
-    branch = nn.Sequential(*conv_bn(cin, cout, 3, stride), nn.ReLU(inplace=True),
-                           *conv_bn(cout, cout))
+    branch = nn.Sequential(
+        *conv_bn(cin, cout, 3, stride), nn.ReLU(inplace=True), *conv_bn(cout, cout)
+    )
     return Residual(branch, cin, cout, stride, nn.ReLU(inplace=True))
 
 
 def bottleneck(cin: int, cout: int, stride: int) -> nn.Module:
-    """Classic ResNet bottleneck (torchvision v1.5 style, stride on the 3x3): ``cout`` = 4 x width."""
+    """Classic ResNet bottleneck (torchvision v1.5: stride on the 3x3); ``cout`` = 4 x width."""
     mid = cout // 4
-    branch = nn.Sequential(*conv_bn(cin, mid, 1), nn.ReLU(inplace=True),
-                           *conv_bn(mid, mid, 3, stride), nn.ReLU(inplace=True),
-                           *conv_bn(mid, cout, 1))
+    branch = nn.Sequential(
+        *conv_bn(cin, mid, 1),
+        nn.ReLU(inplace=True),
+        *conv_bn(mid, mid, 3, stride),
+        nn.ReLU(inplace=True),
+        *conv_bn(mid, cout, 1),
+    )
     return Residual(branch, cin, cout, stride, nn.ReLU(inplace=True))
 
 
@@ -94,5 +105,7 @@ def init_weights(model: nn.Module) -> None:
 def check_input_size(input_size: int, stride: int) -> int:
     """Spatial side of the final feature map; the input must be a multiple of ``stride``."""
     if input_size % stride:
-        raise ValueError(f"input_size {input_size} must be a multiple of {stride} for this backbone")
+        raise ValueError(
+            f"input_size {input_size} must be a multiple of {stride} for this backbone"
+        )
     return input_size // stride

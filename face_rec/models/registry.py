@@ -1,4 +1,4 @@
-"""One registry and one factory for every backbone: ``create_model("iresnet50", embedding_dim=512)``."""
+"""One registry and one factory for every backbone: ``create_model("iresnet50", ...)``."""
 
 from __future__ import annotations
 

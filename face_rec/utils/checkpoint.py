@@ -31,7 +31,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:
-        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {e})") from e
+        raise ValueError(
+            f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {e})"
+        ) from e
 
 
 def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:

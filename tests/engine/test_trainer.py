@@ -27,13 +27,25 @@ def pack(tmp_path_factory):
 
 def _cfg(pack, tmp_path, *overrides):
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
-        return compose("train", overrides=[
-            f"train_data.sources.lfw.pack_dir={pack}", "train_data.sources.lfw.identities=null",
-            "val.pairs=null", "trainer.batch_size=8", "trainer.max_steps=3",
-            "trainer.checkpoint_every=0", "model.input_size=32", "augment.size=32",
-            "model.embedding_dim=16", "scheduler.warmup_steps=1", "trainer.device=cpu",
-            f"paths.pack_dir={tmp_path}/packs", f"paths.log_dir={tmp_path}/logs",
-            *overrides])
+        return compose(
+            "train",
+            overrides=[
+                f"train_data.sources.lfw.pack_dir={pack}",
+                "train_data.sources.lfw.identities=null",
+                "val.pairs=null",
+                "trainer.batch_size=8",
+                "trainer.max_steps=3",
+                "trainer.checkpoint_every=0",
+                "model.input_size=32",
+                "augment.size=32",
+                "model.embedding_dim=16",
+                "scheduler.warmup_steps=1",
+                "trainer.device=cpu",
+                f"paths.pack_dir={tmp_path}/packs",
+                f"paths.log_dir={tmp_path}/logs",
+                *overrides,
+            ],
+        )
 
 
 class Record(Hook):
@@ -52,30 +64,76 @@ def _run(cfg, out):
     return trainer, rec.losses
 
 
-@pytest.mark.parametrize("model", ["iresnet18", "iresnet34", "iresnet50", "iresnet100",
-                                   "resnet18", "resnet34", "resnet50", "mobilefacenet"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "iresnet18",
+        "iresnet34",
+        "iresnet50",
+        "iresnet100",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "mobilefacenet",
+    ],
+)
 def test_every_backbone_trains_with_arcface(pack, tmp_path, model):
-    cfg = _cfg(pack, tmp_path, f"model={model}", "model.input_size=32", "model.embedding_dim=16",
-               "trainer.max_steps=2")
+    cfg = _cfg(
+        pack,
+        tmp_path,
+        f"model={model}",
+        "model.input_size=32",
+        "model.embedding_dim=16",
+        "trainer.max_steps=2",
+    )
     trainer, losses = _run(cfg, tmp_path / "run")
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert trainer.metrics["grad_norm"] > 0
 
 
-@pytest.mark.parametrize("head", ["softmax", "normface", "sphereface", "cosface", "arcface",
-                                  "combined", "curricularface", "triplet"])
+@pytest.mark.parametrize(
+    "head",
+    [
+        "softmax",
+        "normface",
+        "sphereface",
+        "cosface",
+        "arcface",
+        "combined",
+        "curricularface",
+        "triplet",
+    ],
+)
 def test_every_head_lowers_the_loss(pack, tmp_path, head):
-    cfg = _cfg(pack, tmp_path, f"head={head}", "model=mobilefacenet", "model.input_size=32",
-               "model.embedding_dim=16", "trainer.max_steps=12", "optimizer.lr=0.05",
-               "trainer.images_per_identity=2", "augment.flip=0", "augment.shift=0",
-               "augment.brightness=0", "augment.contrast=0", "augment.saturation=0")
+    cfg = _cfg(
+        pack,
+        tmp_path,
+        f"head={head}",
+        "model=mobilefacenet",
+        "model.input_size=32",
+        "model.embedding_dim=16",
+        "trainer.max_steps=12",
+        "optimizer.lr=0.05",
+        "trainer.images_per_identity=2",
+        "augment.flip=0",
+        "augment.shift=0",
+        "augment.brightness=0",
+        "augment.contrast=0",
+        "augment.saturation=0",
+    )
     _, losses = _run(cfg, tmp_path / "run")
     assert np.mean(losses[-3:]) < losses[0], losses
 
 
 def test_resume_continues_the_exact_loss_sequence(pack, tmp_path):
-    over = ["model=iresnet18", "model.input_size=32", "model.embedding_dim=16",
-            "model.dropout=0.2", "trainer.max_steps=6", "trainer.checkpoint_every=3"]
+    over = [
+        "model=iresnet18",
+        "model.input_size=32",
+        "model.embedding_dim=16",
+        "model.dropout=0.2",
+        "trainer.max_steps=6",
+        "trainer.checkpoint_every=3",
+    ]
     _, whole = _run(_cfg(pack, tmp_path, *over), tmp_path / "a")
 
     class Kill(Hook):
@@ -107,8 +165,16 @@ def test_same_seed_same_numbers(pack, tmp_path):
 
 
 def test_nan_stops_with_a_clear_message(pack, tmp_path):
-    cfg = _cfg(pack, tmp_path, "model=mobilefacenet", "model.input_size=32", "optimizer.lr=1e30",
-               "trainer.grad_clip=null", "trainer.max_steps=20", "scheduler.warmup_steps=0")
+    cfg = _cfg(
+        pack,
+        tmp_path,
+        "model=mobilefacenet",
+        "model.input_size=32",
+        "optimizer.lr=1e30",
+        "trainer.grad_clip=null",
+        "trainer.max_steps=20",
+        "scheduler.warmup_steps=0",
+    )
     with pytest.raises(TrainingDiverged, match="lower optimizer.lr"):
         _run(cfg, tmp_path / "run")
 
@@ -117,9 +183,17 @@ def test_full_run_writes_checkpoints_metrics_and_validation(pack, tmp_path):
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (20, 112, 112, 3), dtype=np.uint8)
     write_bin(tmp_path / "val.bin", crops[:10], crops[10:], np.arange(10) % 2 == 0)
-    cfg = _cfg(pack, tmp_path, "model=mobilefacenet", "model.input_size=32",
-               f"val.pairs={tmp_path}/val.bin", "eval.n_bootstrap=10", "trainer.max_steps=4",
-               "trainer.eval_every=2", "trainer.checkpoint_every=2")
+    cfg = _cfg(
+        pack,
+        tmp_path,
+        "model=mobilefacenet",
+        "model.input_size=32",
+        f"val.pairs={tmp_path}/val.bin",
+        "eval.n_bootstrap=10",
+        "trainer.max_steps=4",
+        "trainer.eval_every=2",
+        "trainer.checkpoint_every=2",
+    )
     out = tmp_path / "run"
     metrics = train_from_config(cfg, out)
     assert metrics["train"]["steps"] == 4 and len(metrics["val_history"]) == 2
@@ -128,7 +202,8 @@ def test_full_run_writes_checkpoints_metrics_and_validation(pack, tmp_path):
     assert list((out / "tensorboard").iterdir())
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert {"model", "head", "optimizer", "scheduler", "scaler", "rng", "trainer",
-            "config"} <= set(ckpt)
+    assert {"model", "head", "optimizer", "scheduler", "scaler", "rng", "trainer", "config"} <= set(
+        ckpt
+    )
     model = model_from_checkpoint(out / "checkpoints" / "last.pt").eval()
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 16)

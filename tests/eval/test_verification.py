@@ -31,9 +31,16 @@ class TinyNet(nn.Module):
 
 
 def _pairs(n_images=6, left=(0, 2, 4), right=(1, 3, 5), same=(True, False, True), root=None):
-    return Pairs(images=[f"id{k // 2}/{k}.jpg" for k in range(n_images)],
-                 left=np.array(left), right=np.array(right), same=np.array(same),
-                 fold=np.full(len(left), -1), protocol="csv", source="x.csv", root=root)
+    return Pairs(
+        images=[f"id{k // 2}/{k}.jpg" for k in range(n_images)],
+        left=np.array(left),
+        right=np.array(right),
+        same=np.array(same),
+        fold=np.full(len(left), -1),
+        protocol="csv",
+        source="x.csv",
+        root=root,
+    )
 
 
 def test_embeddings_use_flip_tta_and_are_unit():
@@ -58,8 +65,15 @@ def test_scores_are_cosines_and_unusable_images_are_skipped():
     scores, skipped = score_pairs(emb, _pairs(), problems)
     np.testing.assert_allclose(scores[:2], [0.0, 1.0])
     assert np.isnan(scores[2])
-    assert skipped == [{"pair": 2, "a": "id2/4.jpg", "b": "id2/5.jpg", "same": True,
-                        "reason": "id2/5.jpg: file not found"}]
+    assert skipped == [
+        {
+            "pair": 2,
+            "a": "id2/4.jpg",
+            "b": "id2/5.jpg",
+            "same": True,
+            "reason": "id2/5.jpg: file not found",
+        }
+    ]
 
 
 def test_protocol_choice_and_far_reporting():

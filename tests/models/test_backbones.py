@@ -5,8 +5,16 @@ from face_rec.models.heads import CosineHead, LinearHead
 from face_rec.models.registry import create_model, list_models
 from face_rec.models.summary import count_params, forward_flops
 
-ALL = ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "mobilefacenet", "resnet18",
-       "resnet34", "resnet50"]
+ALL = [
+    "iresnet18",
+    "iresnet34",
+    "iresnet50",
+    "iresnet100",
+    "mobilefacenet",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+]
 
 
 def test_registry_lists_every_backbone():

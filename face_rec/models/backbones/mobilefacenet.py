@@ -13,19 +13,29 @@ SETTINGS = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 1
 
 
 def inverted_residual(cin: int, cout: int, stride: int, expansion: int) -> nn.Module:
-    """1x1 expand - depthwise 3x3 (stride) - 1x1 linear projection; identity shortcut if shapes match."""
+    """1x1 expand - depthwise 3x3 (stride) - 1x1 linear projection; identity shortcut when the
+    shapes match."""
     mid = cin * expansion
-    branch = nn.Sequential(*conv_bn(cin, mid, 1), nn.PReLU(mid),
-                           *conv_bn(mid, mid, 3, stride, groups=mid), nn.PReLU(mid),
-                           *conv_bn(mid, cout, 1))
+    branch = nn.Sequential(
+        *conv_bn(cin, mid, 1),
+        nn.PReLU(mid),
+        *conv_bn(mid, mid, 3, stride, groups=mid),
+        nn.PReLU(mid),
+        *conv_bn(mid, cout, 1),
+    )
     return Residual(branch, cin, cout, 1) if stride == 1 and cin == cout else branch
 
 
 class MobileFaceNet(nn.Module):
     """(B, 3, S, S) in [-1, 1] -> (B, embedding_dim); global depthwise conv (GDC) embedding."""
 
-    def __init__(self, embedding_dim: int = 512, input_size: int = 112, dropout: float = 0.0,
-                 width: float = 1.0) -> None:
+    def __init__(
+        self,
+        embedding_dim: int = 512,
+        input_size: int = 112,
+        dropout: float = 0.0,
+        width: float = 1.0,
+    ) -> None:
         super().__init__()
         self.input_size = input_size
 
@@ -33,8 +43,12 @@ class MobileFaceNet(nn.Module):
             return max(8, int(round(c * width)))
 
         c0 = ch(64)
-        layers: list[nn.Module] = [*conv_bn(3, c0, 3, 2), nn.PReLU(c0),
-                                   *conv_bn(c0, c0, 3, 1, groups=c0), nn.PReLU(c0)]
+        layers: list[nn.Module] = [
+            *conv_bn(3, c0, 3, 2),
+            nn.PReLU(c0),
+            *conv_bn(c0, c0, 3, 1, groups=c0),
+            nn.PReLU(c0),
+        ]
         cin = c0
         for t, c, n, s in SETTINGS:
             for i in range(n):
@@ -46,8 +60,11 @@ class MobileFaceNet(nn.Module):
         spatial = check_input_size(input_size, 16)
         self.neck = nn.Sequential(
             nn.Conv2d(last, last, spatial, groups=last, bias=False),  # GDC: one weight per pixel
-            nn.BatchNorm2d(last), nn.Flatten(), nn.Dropout(dropout),
-            nn.Linear(last, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim),
+            nn.BatchNorm2d(last),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(last, embedding_dim, bias=False),
+            nn.BatchNorm1d(embedding_dim),
         )
         init_weights(self)
 

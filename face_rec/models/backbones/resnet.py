@@ -33,9 +33,17 @@ class ResNetFace(nn.Module):
         stem_act: PReLU (IResNet) or ReLU (classic).
     """
 
-    def __init__(self, unit: str, depths: tuple[int, ...], widths: tuple[int, ...],
-                 embedding_dim: int = 512, input_size: int = 112, dropout: float = 0.0,
-                 width: float = 1.0, stem_act: str = "prelu") -> None:
+    def __init__(
+        self,
+        unit: str,
+        depths: tuple[int, ...],
+        widths: tuple[int, ...],
+        embedding_dim: int = 512,
+        input_size: int = 112,
+        dropout: float = 0.0,
+        width: float = 1.0,
+        stem_act: str = "prelu",
+    ) -> None:
         super().__init__()
         self.input_size = input_size
         widths = tuple(max(8, int(round(w * width))) for w in widths)
@@ -90,5 +98,6 @@ def resnet34(**kw) -> ResNetFace:
 
 @register_model
 def resnet50(**kw) -> ResNetFace:
-    return ResNetFace("bottleneck", (3, 4, 6, 3), tuple(4 * w for w in _IRES),
-                      stem_act="relu", **kw)
+    return ResNetFace(
+        "bottleneck", (3, 4, 6, 3), tuple(4 * w for w in _IRES), stem_act="relu", **kw
+    )

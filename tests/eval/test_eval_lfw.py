@@ -1,0 +1,101 @@
+"""eval_lfw end to end on real LFW View 1 pairs (a slice of DevTest; skipped without data)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from face_rec.eval.cli import evaluate_from_config
+
+from ..conftest import REPO
+
+pytestmark = pytest.mark.realdata
+
+
+def _slice_view1(src, dst, n, extra_matched=()):
+    """The first n matched and n mismatched pairs of a View 1 list, in View 1 format."""
+    lines = src.read_text().splitlines()
+    total = int(lines[0])
+    matched = lines[1 : 1 + n] + list(extra_matched)
+    mismatched = lines[1 + total : 1 + total + len(matched)]
+    dst.write_text("\n".join([str(len(matched)), *matched, *mismatched]) + "\n")
+    return dst
+
+
+def _cfg(tmp_path, lfw_root, pairs, calib, *extra):
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        return compose(
+            "eval_lfw",
+            overrides=[
+                f"paths.data_dir={lfw_root.parent}",
+                f"pairs={pairs}",
+                f"calibration_pairs={calib}",
+                f"eval.cache_dir={tmp_path}/cache",
+                "model=mobilefacenet",
+                "model.input_size=64",
+                "eval.n_bootstrap=50",
+                "eval.device=cpu",
+                "align.workers=0",
+                *extra,
+            ],
+        )
+
+
+def test_devtest_slice_end_to_end(lfw_root, tmp_path):
+    pairs = _slice_view1(
+        lfw_root / "pairsDevTest.txt",
+        tmp_path / "test.txt",
+        30,
+        extra_matched=["Aaron_Eckhart\t1\t99"],
+    )  # image 99 does not exist
+    calib = _slice_view1(lfw_root / "pairsDevTrain.txt", tmp_path / "calib.txt", 30)
+    (tmp_path / "trained" / "Abdullah_Gul").mkdir(parents=True)
+    cfg = _cfg(tmp_path, lfw_root, pairs, calib, f"train_data={tmp_path}/trained")
+    m = evaluate_from_config(cfg, tmp_path / "out")
+
+    assert m["n_pairs"] == 62 and m["n_scored"] == 61
+    assert len(m["skipped"]) == 1 and "Aaron_Eckhart_0099.jpg" in m["skipped"][0]["reason"]
+    assert "not found" in m["skipped"][0]["reason"]
+    assert m["leaked_identities"] == ["Abdullah_Gul"]
+    assert m["tar_at_far"]["1e-1"] is not None and m["tar_at_far"]["1e-2"] is None
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    for key in (
+        "accuracy_mean",
+        "accuracy_std",
+        "fold_accuracies",
+        "thresholds",
+        "auc",
+        "eer",
+        "tar_at_far",
+        "ci95",
+        "n_pairs",
+        "n_scored",
+        "skipped",
+        "protocol",
+    ):
+        assert key in saved
+    with open(tmp_path / "out" / "scores.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 62 and rows[-32]["score"] == ""  # the missing image's pair
+    scores = np.array([float(r["score"]) for r in rows if r["score"]])
+    same = np.array([r["same"] == "1" for r in rows if r["score"]])
+    t = saved["thresholds"][0]
+    assert saved["accuracy_mean"] == pytest.approx(np.mean((scores > t) == same))
+    assert (tmp_path / "out" / "roc.png").stat().st_size > 10_000
+
+    # a second evaluation finds every pair image aligned: no detection runs
+    packs = sorted((tmp_path / "cache").iterdir())
+    before = [(p / "images.npy").stat().st_mtime_ns for p in packs]
+    again = evaluate_from_config(cfg, tmp_path / "out2")
+    assert [(p / "images.npy").stat().st_mtime_ns for p in packs] == before
+    assert again["accuracy_mean"] == m["accuracy_mean"]
+
+
+def test_missing_pair_list_is_a_clear_error(lfw_root, tmp_path):
+    cfg = _cfg(tmp_path, lfw_root, tmp_path / "nope.txt", tmp_path / "nope2.txt")
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        evaluate_from_config(cfg, tmp_path / "out")
