@@ -7,11 +7,13 @@ from omegaconf import DictConfig
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    from face_rec.train import train_from_config
+    from face_rec.train import train_entry
 
-    metrics = train_from_config(cfg, HydraConfig.get().runtime.output_dir)
-    return metrics.get(cfg.optimized_metric) if cfg.optimized_metric else None
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    return train_entry(cfg, hydra_cfg.runtime.output_dir, keep_going=multirun)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import random
@@ -18,11 +19,12 @@ from face_rec.align.run import run_alignment
 from face_rec.data.pack import read_summary
 from face_rec.data.pairs import load_pairs
 from face_rec.data.samplers import BalancedBatches, IdentityBatches, RandomBatches, class_weights
-from face_rec.data.train_set import Source, TrainSet
+from face_rec.data.train_set import AlignedFolder, Source, TrainSet
 from face_rec.engine import hooks as H
 from face_rec.engine.schedule import make_scheduler
 from face_rec.engine.trainer import Hook, Trainer
 from face_rec.eval.cli import resolve_device
+from face_rec.eval.report import write_roc
 from face_rec.eval.verification import align_pair_images, evaluate_pairs
 from face_rec.utils.checkpoint import load_checkpoint
 from face_rec.utils.io import write_json
@@ -44,10 +46,23 @@ def ensure_pack(source: DictConfig, align: DictConfig) -> None:
     kw = alignment_kwargs(align)
     kw["make_detector"] = functools.partial(kw["make_detector"], min_face_size=source.min_face_size)
     kw["detector_settings"]["min_face_size"] = source.min_face_size
-    kw["settings"] = type(kw["settings"])(
-        **{**kw["settings"].__dict__, "fallback_face_fraction": source.fallback_face_fraction}
+    kw["settings"] = dataclasses.replace(
+        kw["settings"], fallback_face_fraction=source.fallback_face_fraction
     )
     run_alignment(source.image_dir, source.pack_dir, limit=source.limit, **kw)
+
+
+def training_data(cfg: DictConfig) -> TrainSet | AlignedFolder:
+    """The packs of ``train_data.sources`` (aligned first if missing), or a folder of crops."""
+    folder = cfg.train_data.get("aligned_folder")
+    if folder:
+        return AlignedFolder(folder, cfg.align.settings.size)
+    for source in cfg.train_data.sources.values():
+        ensure_pack(source, cfg.align)
+    sources = [Source(s.pack_dir, s.get("identities")) for s in cfg.train_data.sources.values()]
+    return TrainSet(
+        sources, cfg.train_data.min_images_per_identity, cfg.train_data.include_fallbacks
+    )
 
 
 def make_plan(cfg: DictConfig, labels: np.ndarray):
@@ -110,10 +125,7 @@ def validation_fn(cfg: DictConfig, device: str):
 def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation | None, RunStats]:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
-    for source in cfg.train_data.sources.values():
-        ensure_pack(source, cfg.align)
-    sources = [Source(s.pack_dir, s.get("identities")) for s in cfg.train_data.sources.values()]
-    dataset = TrainSet(sources, cfg.train_data.min_images_per_identity)
+    dataset = training_data(cfg)
     log.info("training on %d images of %d identities", len(dataset), dataset.num_classes)
     model = instantiate(cfg.model)
     head = None
@@ -209,5 +221,28 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
         metrics["val_history"] = validation.history
         metrics["val/accuracy"] = m["accuracy_mean"]
         metrics["val/eer"] = m["eer"]
+        write_roc(out_dir / "roc.csv", m["roc"])
     write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def train_entry(cfg: DictConfig, out_dir: str | Path, keep_going: bool = False) -> float | None:
+    """``train.py``'s body: train, return ``cfg.optimized_metric`` for sweepers.
+
+    A failure writes ``error.txt`` (the traceback) into the run directory; with ``keep_going``
+    (a multirun) it is logged and NaN returned so the other jobs of the sweep still run, and the
+    sweep report lists it.
+    """
+    import traceback
+
+    try:
+        metrics = train_from_config(cfg, out_dir)
+    except Exception as e:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        message = " ".join(f"{type(e).__name__}: {e}".split())
+        (Path(out_dir) / "error.txt").write_text(f"{message}\n\n{traceback.format_exc()}")
+        if not keep_going:
+            raise
+        log.exception("run failed; the sweep goes on (see %s/error.txt)", out_dir)
+        return float("nan")
+    return metrics.get(cfg.optimized_metric) if cfg.optimized_metric else None

@@ -23,20 +23,21 @@ def data_root() -> Path:
     return root
 
 
+def _images_root(data_root: Path, name: str) -> Path:
+    root = data_root / name
+    if not (root / "images").is_dir():
+        pytest.skip(f"no {name} images under {root}")
+    return root
+
+
 @pytest.fixture(scope="session")
 def lfw_root(data_root: Path) -> Path:
-    root = data_root / "lfw"
-    if not (root / "images").is_dir():
-        pytest.skip(f"no LFW images under {root}")
-    return root
+    return _images_root(data_root, "lfw")
 
 
 @pytest.fixture(scope="session")
 def celeba_root(data_root: Path) -> Path:
-    root = data_root / "celeba299"
-    if not (root / "images").is_dir():
-        pytest.skip(f"no celeba299 images under {root}")
-    return root
+    return _images_root(data_root, "celeba299")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from facenet_pytorch import MTCNN
 
 from face_rec.align.mtcnn import detect_faces
 
@@ -85,8 +86,6 @@ class FaceDetector:
         min_prob: float = 0.9,
         device: str = "cpu",
     ) -> None:
-        from facenet_pytorch import MTCNN  # heavy import, kept out of module import time
-
         if selection not in SELECTION_METHODS:
             raise ValueError(
                 f"unknown face selection method {selection!r}; use one of {SELECTION_METHODS}"

@@ -143,7 +143,7 @@ def align_chunk(
         if img is None:
             continue
         crop, reason = _crop(img, face, settings)
-        if face is not None:
+        if isinstance(face, Face):
             row["det_prob"] = f"{face.prob:.6f}"
             row["landmarks"] = " ".join(f"{v:.3f}" for v in face.landmarks.reshape(-1))
             row["box"] = " ".join(f"{v:.2f}" for v in face.box)

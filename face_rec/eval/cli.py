@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from face_rec.align.cli import alignment_kwargs
 from face_rec.data.pack import read_manifest, read_summary
 from face_rec.data.pairs import Pairs, load_pairs
-from face_rec.eval.report import plot_roc, write_metrics, write_scores
+from face_rec.eval.report import plot_roc, write_metrics, write_roc, write_scores
 from face_rec.eval.verification import (
     PairImages,
     align_pair_images,
@@ -46,7 +46,7 @@ def training_identities(path: str | Path) -> set[str]:
         return {r["identity"] for r in read_manifest(path / "manifest.csv")}
     if path.is_dir():
         return {p.name for p in path.iterdir() if p.is_dir()}
-    raise FileNotFoundError(f"train_data {str(path)!r} is neither a pack nor an identity folder")
+    raise FileNotFoundError(f"trained_on {str(path)!r} is neither a pack nor an identity folder")
 
 
 def build_model(cfg: DictConfig) -> torch.nn.Module:
@@ -104,8 +104,8 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
         model=cfg.model.name if not cfg.checkpoint else None,
         flip=cfg.eval.flip,
     )
-    if cfg.train_data:
-        leaked = leaked_identities(pairs, training_identities(cfg.train_data))
+    if cfg.trained_on:
+        leaked = leaked_identities(pairs, training_identities(cfg.trained_on))
         metrics["leaked_identities"] = leaked
         if leaked:
             log.warning(
@@ -113,11 +113,12 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
                 "(e.g. %s); these numbers overstate accuracy",
                 len(leaked),
                 pairs_path.name,
-                cfg.train_data,
+                cfg.trained_on,
                 ", ".join(leaked[:5]),
             )
     write_metrics(out_dir / "metrics.json", metrics)
     write_scores(out_dir / "scores.csv", pairs, metrics["scores"])
+    write_roc(out_dir / "roc.csv", metrics["roc"])
     plot_roc(out_dir / "roc.png", {pairs_path.name: metrics}, title=f"{pairs_path.name}")
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     print(summary_line(metrics) + f" -> {out_dir}")

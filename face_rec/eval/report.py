@@ -29,6 +29,19 @@ def write_scores(path: Path, pairs: Pairs, scores: np.ndarray) -> None:
             )
 
 
+def write_roc(path: Path, roc: dict) -> None:
+    """The ROC points (fpr, tpr, threshold) as CSV, for overlays across runs."""
+    with atomic_path(path) as tmp:
+        np.savetxt(
+            tmp,
+            np.column_stack([roc["fpr"], roc["tpr"], roc["thresholds"]]),
+            delimiter=",",
+            header="fpr,tpr,threshold",
+            comments="",
+            fmt="%.6g",
+        )
+
+
 def write_metrics(path: Path, metrics: dict) -> None:
     """metrics.json without the bulky arrays (scores, ROC points)."""
     write_json(path, {k: v for k, v in metrics.items() if k not in ("scores", "roc")})

@@ -48,6 +48,11 @@ def align_pair_images(
         n = len(pairs.crops)
         return PairImages(pairs.crops, [""] * n, np.zeros(n, bool))
     root = Path(pairs.root).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"image root {str(root)!r} of {pairs.source} does not exist; pass image_root=<folder "
+            "the pair paths are relative to> (or set FACE_REC_DATA)"
+        )
     digest = hashlib.sha256("\n".join([str(root), *sorted(pairs.images)]).encode()).hexdigest()
     pack = Path(cache_dir) / f"{Path(pairs.source).stem}-{digest[:12]}"
     summary = run_alignment(

@@ -170,3 +170,43 @@ def test_contact_sheets_are_written(tmp_path):
     for name in ("sheet_random.png", "sheet_fallbacks.png"):
         with Image.open(tmp_path / "pack" / name) as im:
             assert im.width >= 112 and im.height >= 112
+
+
+class FlakyDetector(FakeDetector):
+    """Crashes on any batch holding a 100 x 100 image."""
+
+    def detect(self, images):
+        if any(img.shape[:2] == (100, 100) for img in images):
+            raise RuntimeError("boom")
+        return super().detect(images)
+
+
+def test_a_detector_crash_costs_only_that_image(tmp_path):
+    root = _tree(tmp_path / "in", n_ids=2, per_id=3)
+    _write(root / "id00" / "odd.png", np.full((100, 100, 3), 200, np.uint8))
+    summary = run_alignment(root, tmp_path / "pack", FlakyDetector, workers=0)
+    rows = {r["source"]: r for r in read_manifest(tmp_path / "pack" / "manifest.csv")}
+    assert rows["id00/odd.png"]["status"] == "fallback"
+    assert rows["id00/odd.png"]["reason"].startswith("detector error: RuntimeError: boom")
+    assert summary["counts"]["failed"] == 0
+    assert sum(r["status"] == "ok" for r in rows.values()) == 4  # the others are unaffected
+
+
+class CollinearDetector(FakeDetector):
+    """Finds a 'face' whose five landmarks lie on one line."""
+
+    def detect(self, images):
+        line = np.stack([np.linspace(20, 100, 5), np.linspace(30, 90, 5)], 1)
+        return [Face(np.array([20, 20, 200, 200.0]), 0.99, line) for _ in images]
+
+
+def test_degenerate_landmarks_fall_back_with_the_reason(tmp_path):
+    root = _tree(tmp_path / "in", n_ids=1, per_id=2)
+    summary = run_alignment(root, tmp_path / "pack", CollinearDetector, workers=0)
+    rows = read_manifest(tmp_path / "pack" / "manifest.csv")
+    assert summary["counts"]["fallback"] == 2
+    assert all(
+        r["reason"].startswith("degenerate landmarks: landmarks are collinear") for r in rows
+    )
+    images = np.load(tmp_path / "pack" / "images.npy")
+    assert np.isfinite(images).all() and images.std() > 0

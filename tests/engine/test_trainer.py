@@ -26,12 +26,20 @@ def pack(tmp_path_factory):
 
 
 def _cfg(pack, tmp_path, *overrides):
+    """The train config on the tiny pack (``pack=None``: the caller sets train_data)."""
+    data = (
+        []
+        if pack is None
+        else [
+            f"train_data.sources.lfw.pack_dir={pack}",
+            "train_data.sources.lfw.identities=null",
+        ]
+    )
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
         return compose(
             "train",
             overrides=[
-                f"train_data.sources.lfw.pack_dir={pack}",
-                "train_data.sources.lfw.identities=null",
+                *data,
                 "val.pairs=null",
                 "trainer.batch_size=8",
                 "trainer.max_steps=3",
@@ -199,7 +207,22 @@ def test_full_run_writes_checkpoints_metrics_and_validation(pack, tmp_path):
     assert metrics["train"]["steps"] == 4 and len(metrics["val_history"]) == 2
     assert 0 <= metrics["val/accuracy"] <= 1
     assert (out / "metrics.json").is_file() and (out / "config.yaml").is_file()
-    assert list((out / "tensorboard").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {
+        "train/loss",
+        "train/accuracy",
+        "train/lr",
+        "train/images_per_s",
+        "train/data_wait_fraction",
+        "train/grad_norm",
+        "val/val/accuracy",
+        "val/val/eer",
+        "val/val/auc",
+    } <= scalars
+    assert "val/val/roc" in events.Tags()["images"]
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert {"model", "head", "optimizer", "scheduler", "scaler", "rng", "trainer", "config"} <= set(
@@ -207,3 +230,30 @@ def test_full_run_writes_checkpoints_metrics_and_validation(pack, tmp_path):
     )
     model = model_from_checkpoint(out / "checkpoints" / "last.pt").eval()
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 16)
+
+
+def test_trains_from_a_folder_of_aligned_crops(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        for j in range(3):
+            d = tmp_path / "crops" / f"person{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            img = rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)
+            Image.fromarray(img).save(d / f"{j}.png")
+    Image.fromarray(np.zeros((50, 50, 3), np.uint8)).save(tmp_path / "crops" / "person0" / "x.png")
+    cfg = _cfg(
+        None,
+        tmp_path,
+        "train_data=aligned_folder",
+        f"train_data.aligned_folder={tmp_path}/crops",
+        "model=mobilefacenet",
+        "model.input_size=32",
+        "trainer.batch_size=4",
+        "trainer.max_steps=2",
+    )
+    trainer, _, _ = build_trainer(cfg, tmp_path / "run")
+    assert trainer.dataset.num_classes == 3 and len(trainer.dataset) == 10
+    with pytest.raises(ValueError, match="x.png is 50x50, expected an aligned 112x112 crop"):
+        trainer.dataset[3]

@@ -54,7 +54,7 @@ def test_devtest_slice_end_to_end(lfw_root, tmp_path):
     )  # image 99 does not exist
     calib = _slice_view1(lfw_root / "pairsDevTrain.txt", tmp_path / "calib.txt", 30)
     (tmp_path / "trained" / "Abdullah_Gul").mkdir(parents=True)
-    cfg = _cfg(tmp_path, lfw_root, pairs, calib, f"train_data={tmp_path}/trained")
+    cfg = _cfg(tmp_path, lfw_root, pairs, calib, f"trained_on={tmp_path}/trained")
     m = evaluate_from_config(cfg, tmp_path / "out")
 
     assert m["n_pairs"] == 62 and m["n_scored"] == 61
@@ -99,3 +99,28 @@ def test_missing_pair_list_is_a_clear_error(lfw_root, tmp_path):
     cfg = _cfg(tmp_path, lfw_root, tmp_path / "nope.txt", tmp_path / "nope2.txt")
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         evaluate_from_config(cfg, tmp_path / "out")
+
+
+def test_view2_format_runs_the_fold_protocol(lfw_root, tmp_path):
+    """A pairs.txt in View 2's format (here 2 folds x 6 + 6 pairs built from DevTest's lists)
+    is scored fold by fold, each with the threshold chosen on the other fold."""
+    lines = (lfw_root / "pairsDevTest.txt").read_text().splitlines()
+    matched, mismatched = lines[1:13], lines[501:513]
+    body = matched[:6] + mismatched[:6] + matched[6:] + mismatched[6:]
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("2\t6\n" + "\n".join(body) + "\n")
+    m = evaluate_from_config(_cfg(tmp_path, lfw_root, pairs, "null"), tmp_path / "out")
+    assert m["pair_format"] == "lfw-view2" and m["calibration_pairs"] is None
+    assert len(m["fold_accuracies"]) == 2 and len(m["thresholds"]) == 2
+    assert m["accuracy_mean"] == pytest.approx(np.mean(m["fold_accuracies"]))
+    with open(tmp_path / "out" / "scores.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["fold"] for r in rows] == ["0"] * 12 + ["1"] * 12
+    scores = np.array([float(r["score"]) for r in rows])
+    same = np.array([r["same"] == "1" for r in rows])
+    # fold 0 is scored with the threshold chosen on fold 1 only
+    from face_rec.eval.metrics import best_threshold
+
+    t0, _ = best_threshold(scores[12:], same[12:])
+    assert m["thresholds"][0] == pytest.approx(t0)
+    assert m["fold_accuracies"][0] == pytest.approx(np.mean((scores[:12] > t0) == same[:12]))
