@@ -49,6 +49,24 @@ def training_identities(path: str | Path) -> set[str]:
     raise FileNotFoundError(f"trained_on {str(path)!r} is neither a pack nor an identity folder")
 
 
+def checkpoint_training_identities(path: str | Path) -> set[str] | None:
+    """The identities a checkpoint was trained on, from the training data its config records
+    (identity lists, packs or an aligned folder); None when it records none."""
+    from face_rec.data.train_set import read_people
+    from face_rec.utils.checkpoint import load_checkpoint
+
+    data = (load_checkpoint(path).get("config") or {}).get("train_data") or {}
+    if data.get("aligned_folder"):
+        return training_identities(data["aligned_folder"])
+    names: set[str] = set()
+    for source in (data.get("sources") or {}).values():
+        if source.get("identities") and Path(source["identities"]).is_file():
+            names |= set(read_people(source["identities"]))
+        elif source.get("pack_dir") and read_summary(source["pack_dir"]) is not None:
+            names |= training_identities(source["pack_dir"])
+    return names or None
+
+
 def build_model(cfg: DictConfig) -> torch.nn.Module:
     if cfg.checkpoint:
         return model_from_checkpoint(cfg.checkpoint)
@@ -104,8 +122,14 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
         model=cfg.model.name if not cfg.checkpoint else None,
         flip=cfg.eval.flip,
     )
+    trained = None
     if cfg.trained_on:
-        leaked = leaked_identities(pairs, training_identities(cfg.trained_on))
+        trained = training_identities(cfg.trained_on)
+    elif cfg.checkpoint:
+        trained = checkpoint_training_identities(cfg.checkpoint)
+    metrics["leaked_identities"] = None  # not checked: the training identities are unknown
+    if trained is not None:
+        leaked = leaked_identities(pairs, trained)
         metrics["leaked_identities"] = leaked
         if leaked:
             log.warning(
@@ -113,7 +137,7 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
                 "(e.g. %s); these numbers overstate accuracy",
                 len(leaked),
                 pairs_path.name,
-                cfg.trained_on,
+                cfg.trained_on or "recorded in the checkpoint",
                 ", ".join(leaked[:5]),
             )
     write_metrics(out_dir / "metrics.json", metrics)

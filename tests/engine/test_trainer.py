@@ -228,6 +228,10 @@ def test_full_run_writes_checkpoints_metrics_and_validation(pack, tmp_path):
     assert {"model", "head", "optimizer", "scheduler", "scaler", "rng", "trainer", "config"} <= set(
         ckpt
     )
+    from face_rec.eval.cli import checkpoint_training_identities
+
+    ids = checkpoint_training_identities(out / "checkpoints" / "last.pt")
+    assert ids == {f"id{i:02d}" for i in range(6)}  # for eval_lfw's leakage check
     model = model_from_checkpoint(out / "checkpoints" / "last.pt").eval()
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 16)
 
