@@ -32,9 +32,18 @@ class Augment:
         size: output side (None keeps the input size); lower it to train at low resolution.
     """
 
-    def __init__(self, flip: float = 0.5, shift: int = 0, scale: float = 0.0,
-                 brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0,
-                 grayscale: float = 0.0, size: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        flip: float = 0.5,
+        shift: int = 0,
+        scale: float = 0.0,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        saturation: float = 0.0,
+        grayscale: float = 0.0,
+        size: int | None = None,
+        seed: int = 0,
+    ) -> None:
         self.flip, self.shift, self.scale = flip, shift, scale
         self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
         self.grayscale, self.size = grayscale, size

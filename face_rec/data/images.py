@@ -51,8 +51,13 @@ def load_rgb(path: str | Path) -> np.ndarray:
         raise
     except FileNotFoundError as e:
         raise ImageReadError(f"{path}: file not found") from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as e:
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as e:
         raise ImageReadError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
 
 

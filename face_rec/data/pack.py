@@ -19,8 +19,17 @@ from face_rec.utils.io import atomic_path
 
 SUMMARY_NAME = "summary.json"
 MANIFEST_COLUMNS = (
-    "source", "identity", "label", "status", "image_index", "det_prob", "landmarks", "box",
-    "width", "height", "reason",
+    "source",
+    "identity",
+    "label",
+    "status",
+    "image_index",
+    "det_prob",
+    "landmarks",
+    "box",
+    "width",
+    "height",
+    "reason",
 )
 
 
@@ -88,8 +97,11 @@ class PackedFaces(Dataset):
                 f"{self.pack_dir} holds no complete aligned pack (no complete {SUMMARY_NAME}); "
                 "run `python align.py input_dir=... output_dir=...` (it resumes) first"
             )
-        rows = [r for r in read_manifest(self.pack_dir / "manifest.csv")
-                if r["image_index"] >= 0 and r["status"] in statuses]
+        rows = [
+            r
+            for r in read_manifest(self.pack_dir / "manifest.csv")
+            if r["image_index"] >= 0 and r["status"] in statuses
+        ]
         if identities is not None:
             wanted = set(identities)
             rows = [r for r in rows if r["identity"] in wanted]

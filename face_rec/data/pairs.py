@@ -57,8 +57,9 @@ class Pairs:
         return self.images[k].split("/")[0]
 
 
-def _from_paths(pairs: list[tuple[str, str, bool, int]], protocol: str, source: Path,
-                root: Path | None) -> Pairs:
+def _from_paths(
+    pairs: list[tuple[str, str, bool, int]], protocol: str, source: Path, root: Path | None
+) -> Pairs:
     index: dict[str, int] = {}
     for a, b, _, _ in pairs:
         index.setdefault(a, len(index))
@@ -69,7 +70,9 @@ def _from_paths(pairs: list[tuple[str, str, bool, int]], protocol: str, source: 
         right=np.array([index[p[1]] for p in pairs], dtype=np.int64),
         same=np.array([p[2] for p in pairs], dtype=bool),
         fold=np.array([p[3] for p in pairs], dtype=np.int64),
-        protocol=protocol, source=str(source), root=root,
+        protocol=protocol,
+        source=str(source),
+        root=root,
     )
 
 
@@ -100,8 +103,10 @@ def read_lfw_pairs(path: str | Path, image_root: str | Path | None = None) -> Pa
     try:
         counts = [int(v) for v in header]
     except ValueError:
-        raise PairListError(f"{path}:{lines[0][0]}: header {' '.join(header)!r} must be "
-                            "'N' (View 1) or 'folds N' (View 2)") from None
+        raise PairListError(
+            f"{path}:{lines[0][0]}: header {' '.join(header)!r} must be "
+            "'N' (View 1) or 'folds N' (View 2)"
+        ) from None
     if len(counts) == 1:
         folds, per, protocol = 1, counts[0], "lfw-view1"
     elif len(counts) == 2:
@@ -110,8 +115,10 @@ def read_lfw_pairs(path: str | Path, image_root: str | Path | None = None) -> Pa
         raise PairListError(f"{path}:{lines[0][0]}: header must have 1 or 2 numbers, got {header}")
     body = lines[1:]
     if len(body) != folds * 2 * per:
-        raise PairListError(f"{path}: header promises {folds} x 2 x {per} = {folds * 2 * per} "
-                            f"pairs, the file has {len(body)} pair lines")
+        raise PairListError(
+            f"{path}: header promises {folds} x 2 x {per} = {folds * 2 * per} "
+            f"pairs, the file has {len(body)} pair lines"
+        )
     pairs = []
     for k, (n, f) in enumerate(body):
         where = f"{path}:{n}"
@@ -122,8 +129,10 @@ def read_lfw_pairs(path: str | Path, image_root: str | Path | None = None) -> Pa
             a, b = lfw_image(f[0], f[1], where), lfw_image(f[2], f[3], where)
         else:
             want = "name i j" if matched else "name1 i name2 j"
-            raise PairListError(f"{where}: expected a {'matched' if matched else 'mismatched'} "
-                                f"pair '{want}', got {' '.join(f)!r}")
+            raise PairListError(
+                f"{where}: expected a {'matched' if matched else 'mismatched'} "
+                f"pair '{want}', got {' '.join(f)!r}"
+            )
         fold = k // (2 * per) if protocol == "lfw-view2" else -1
         pairs.append((a, b, matched, fold))
     return _from_paths(pairs, protocol, path, root)
@@ -146,8 +155,10 @@ def read_csv_pairs(path: str | Path, image_root: str | Path | None = None) -> Pa
             if n == 1 and len(rec) >= 3 and rec[2].lower() not in _TRUE | _FALSE:
                 continue  # header
             if len(rec) not in (3, 4) or rec[2].lower() not in _TRUE | _FALSE:
-                raise PairListError(f"{path}:{n}: expected 'path_a,path_b,same[,fold]' with same "
-                                    f"in 1/0/true/false, got {','.join(rec)!r}")
+                raise PairListError(
+                    f"{path}:{n}: expected 'path_a,path_b,same[,fold]' with same "
+                    f"in 1/0/true/false, got {','.join(rec)!r}"
+                )
             try:
                 fold = int(rec[3]) if len(rec) == 4 else -1
             except ValueError:
@@ -195,12 +206,19 @@ def read_bin(path: str | Path, n_folds: int = 10) -> Pairs:
         right=np.arange(1, 2 * n, 2, dtype=np.int64),
         same=np.array([bool(v) for v in issame]),
         fold=np.arange(n, dtype=np.int64) // per,
-        protocol="bin", source=str(path), crops=np.stack(crops),
+        protocol="bin",
+        source=str(path),
+        crops=np.stack(crops),
     )
 
 
-def write_bin(path: str | Path, crops_left: np.ndarray, crops_right: np.ndarray,
-              same: np.ndarray, image_format: str = "PNG") -> None:
+def write_bin(
+    path: str | Path,
+    crops_left: np.ndarray,
+    crops_right: np.ndarray,
+    same: np.ndarray,
+    image_format: str = "PNG",
+) -> None:
     """Write pairs of aligned crops (N, H, W, 3) uint8 as an insightface ``.bin``.
 
     PNG (lossless) by default; ``image_format="JPEG"`` for insightface-sized files.

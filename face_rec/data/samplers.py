@@ -59,10 +59,14 @@ class IdentityBatches:
         out = []
         for _ in range(len(self)):
             ids = rng.choice(len(self.groups), self.p, replace=False)
-            out.append(np.concatenate([
-                rng.choice(self.groups[i], self.k, replace=len(self.groups[i]) < self.k)
-                for i in ids
-            ]))
+            out.append(
+                np.concatenate(
+                    [
+                        rng.choice(self.groups[i], self.k, replace=len(self.groups[i]) < self.k)
+                        for i in ids
+                    ]
+                )
+            )
         return out
 
 

@@ -40,8 +40,9 @@ class TrainSet(Dataset):
     ``include_fallbacks``.
     """
 
-    def __init__(self, sources: Sequence[Source | dict], min_images: int = 1,
-                 include_fallbacks: bool = False) -> None:
+    def __init__(
+        self, sources: Sequence[Source | dict], min_images: int = 1, include_fallbacks: bool = False
+    ) -> None:
         self.parts: list[PackedFaces] = []
         keys = []
         statuses = ("ok", "fallback") if include_fallbacks else ("ok",)
@@ -51,8 +52,9 @@ class TrainSet(Dataset):
             part = PackedFaces(src.pack_dir, identities=names, statuses=statuses)
             self.parts.append(part)
             keys += [(s, r["identity"]) for r in part.rows]
-        uniq, inverse, counts = np.unique(np.array([f"{s}\0{n}" for s, n in keys]),
-                                          return_inverse=True, return_counts=True)
+        uniq, inverse, counts = np.unique(
+            np.array([f"{s}\0{n}" for s, n in keys]), return_inverse=True, return_counts=True
+        )
         keep = counts[inverse] >= min_images
         kept_ids = np.unique(inverse[keep])
         remap = np.full(len(uniq), -1)
@@ -103,6 +105,8 @@ class AlignedFolder(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = load_rgb(self.files[i])
         if img.shape[:2] != (self.size, self.size):
-            raise ValueError(f"{self.files[i]} is {img.shape[1]}x{img.shape[0]}, expected an "
-                             f"aligned {self.size}x{self.size} crop (run align.py on raw photos)")
+            raise ValueError(
+                f"{self.files[i]} is {img.shape[1]}x{img.shape[0]}, expected an "
+                f"aligned {self.size}x{self.size} crop (run align.py on raw photos)"
+            )
         return torch.from_numpy(img).permute(2, 0, 1), int(self.labels[i])

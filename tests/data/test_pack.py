@@ -20,7 +20,7 @@ def test_packed_faces_reads_the_pack(tmp_path):
     assert x.shape == (3, 112, 112) and x.dtype == torch.float32
     expected = (torch.from_numpy(raw[5]).permute(2, 0, 1).float() / 255 - 0.5) / 0.5
     torch.testing.assert_close(x, expected)
-    assert y == 1 and -1 <= x.min() and x.max() <= 1
+    assert y == 1 and x.min() >= -1 and x.max() <= 1
 
     sub = PackedFaces(tmp_path / "pack", identities=["id02"])
     assert len(sub) == 4 and set(sub.labels) == {2}
@@ -50,15 +50,17 @@ def test_train_set_merges_packs_and_remaps_labels(tmp_path):
         root = _tree(tmp_path / f"in_{name}", n_ids=3, per_id=4, seed=seed)
         run_alignment(root, tmp_path / name, FakeDetector, workers=0)
     (tmp_path / "people.txt").write_text("2\nid00\t4\nid02\t4\n")
-    sources = [Source(str(tmp_path / "a"), str(tmp_path / "people.txt")),
-               Source(str(tmp_path / "b"))]
+    sources = [
+        Source(str(tmp_path / "a"), str(tmp_path / "people.txt")),
+        Source(str(tmp_path / "b")),
+    ]
     with_fb = TrainSet(sources, include_fallbacks=True)
     assert len(with_fb) == 8 + 12 and with_fb.num_classes == 5  # id00, id02 of a; all of b
     assert sorted(set(with_fb.labels.tolist())) == [0, 1, 2, 3, 4]
     assert with_fb.names == ["id00", "id02", "id00", "id01", "id02"]  # same names stay apart
     ok_only = TrainSet(sources)
     fallback_rows = sum(r["status"] == "fallback" for p in with_fb.parts for r in p.rows)
-    assert 0 < fallback_rows and len(ok_only) == len(with_fb) - fallback_rows
+    assert fallback_rows > 0 and len(ok_only) == len(with_fb) - fallback_rows
     x, y = ok_only[0]
     assert x.dtype == torch.uint8 and x.shape == (3, 112, 112) and 0 <= y < ok_only.num_classes
     assert TrainSet(sources, min_images=4, include_fallbacks=True).num_classes == 5

@@ -42,15 +42,18 @@ def test_view2_folds_are_the_blocks(tmp_path):
     assert pairs.images[pairs.right[3]] == "Dee/Dee_0012.jpg"
 
 
-@pytest.mark.parametrize("text,match", [
-    ("3\nAnn 1 2\nAnn 1 Bob 1\n", r"header promises 1 x 2 x 3 = 6 pairs, the file has 2"),
-    ("1\nAnn 1 Bob 2\nAnn 1 Bob 1\n", r"pairs.txt:2: expected a matched pair"),
-    ("1\nAnn 1 2\nAnn 1 2\n", r"pairs.txt:3: expected a mismatched pair"),
-    ("1\nAnn 0 2\nAnn 1 Bob 1\n", r"pairs.txt:2: image number 0 is out of range"),
-    ("1\nAnn x 2\nAnn 1 Bob 1\n", r"pairs.txt:2: image number 'x' is not an integer"),
-    ("ten\n", r"pairs.txt:1: header 'ten'"),
-    ("", r"empty pair list"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("3\nAnn 1 2\nAnn 1 Bob 1\n", r"header promises 1 x 2 x 3 = 6 pairs, the file has 2"),
+        ("1\nAnn 1 Bob 2\nAnn 1 Bob 1\n", r"pairs.txt:2: expected a matched pair"),
+        ("1\nAnn 1 2\nAnn 1 2\n", r"pairs.txt:3: expected a mismatched pair"),
+        ("1\nAnn 0 2\nAnn 1 Bob 1\n", r"pairs.txt:2: image number 0 is out of range"),
+        ("1\nAnn x 2\nAnn 1 Bob 1\n", r"pairs.txt:2: image number 'x' is not an integer"),
+        ("ten\n", r"pairs.txt:1: header 'ten'"),
+        ("", r"empty pair list"),
+    ],
+)
 def test_malformed_lfw_lists_name_file_and_line(tmp_path, text, match):
     p = tmp_path / "pairs.txt"
     p.write_text(text)
@@ -61,8 +64,12 @@ def test_malformed_lfw_lists_name_file_and_line(tmp_path, text, match):
 def test_real_lfw_view1_lists(lfw_root):
     test = read_lfw_pairs(lfw_root / "pairsDevTest.txt")
     train = read_lfw_pairs(lfw_root / "pairsDevTrain.txt")
-    assert (len(test), int(test.same.sum()), len(train), int(train.same.sum())) == (1000, 500,
-                                                                                   2200, 1100)
+    assert (len(test), int(test.same.sum()), len(train), int(train.same.sum())) == (
+        1000,
+        500,
+        2200,
+        1100,
+    )
     assert all((test.root / img).is_file() for img in test.images)
 
 
@@ -103,8 +110,9 @@ def test_bin_written_as_python2_pickle_needs_no_mxnet(tmp_path):
     """Bytes laid out by hand as Python 2 wrote insightface's lfw.bin: BINSTRING opcodes, which
     Python 3 can only read with encoding='bytes'."""
     ramp = np.linspace(0, 255, 112)
-    imgs = np.stack([np.stack([np.add.outer(ramp, ramp * k / 4) / 2] * 3, -1)
-                     for k in range(4)]).astype(np.uint8)  # smooth: JPEG keeps it close
+    imgs = np.stack(
+        [np.stack([np.add.outer(ramp, ramp * k / 4) / 2] * 3, -1) for k in range(4)]
+    ).astype(np.uint8)  # smooth: JPEG keeps it close
     data = b"\x80\x02]("  # PROTO 2, EMPTY_LIST, MARK
     for img in imgs:
         jpg = _jpeg(img)
