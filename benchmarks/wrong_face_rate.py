@@ -31,7 +31,12 @@ def main() -> None:
     p.add_argument("pack", type=Path)
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--threshold", type=float, required=True)
-    p.add_argument("--out", type=Path, default=Path("/tmp/wrong_face"))
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("wrong_face_check"),
+        help="folder for flagged.png (relative to where you run)",
+    )
     args = p.parse_args()
     rows = [r for r in read_manifest(args.pack / "manifest.csv") if r["status"] == "ok"]
     images = np.load(args.pack / "images.npy", mmap_mode="r")

@@ -23,9 +23,9 @@ from face_rec.data.train_set import AlignedFolder, Source, TrainSet
 from face_rec.engine import hooks as H
 from face_rec.engine.schedule import make_scheduler
 from face_rec.engine.trainer import Hook, Trainer
-from face_rec.eval.cli import resolve_device
+from face_rec.eval.cli import prepare_pair_images, resolve_device
 from face_rec.eval.report import write_roc
-from face_rec.eval.verification import align_pair_images, evaluate_pairs
+from face_rec.eval.verification import evaluate_pairs
 from face_rec.utils.checkpoint import load_checkpoint
 from face_rec.utils.io import write_json
 
@@ -99,16 +99,11 @@ class RunStats(Hook):
 def validation_fn(cfg: DictConfig, device: str):
     """model -> verification metrics on ``cfg.val.pairs`` (pair images aligned once, cached)."""
     pairs = load_pairs(cfg.val.pairs, cfg.val.image_root)
-    align = {
-        k: v
-        for k, v in alignment_kwargs(cfg.align).items()
-        if k not in ("threads_per_worker", "chunk_size")
-    }
-    images = align_pair_images(pairs, cfg.eval.cache_dir, **align)
+    images = prepare_pair_images(pairs, cfg)
     calibration = None
     if pairs.n_folds < 2 and cfg.val.calibration_pairs:
         c_pairs = load_pairs(cfg.val.calibration_pairs, cfg.val.image_root)
-        calibration = (c_pairs, align_pair_images(c_pairs, cfg.eval.cache_dir, **align))
+        calibration = (c_pairs, prepare_pair_images(c_pairs, cfg))
     return functools.partial(
         evaluate_pairs,
         pairs=pairs,

@@ -76,6 +76,7 @@ class Trainer:
             else torch.as_tensor(class_weight, dtype=torch.float32, device=self.device)
         )
         self.state, self.metrics, self.stop = TrainState(), {}, False
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
         for m in (model, head, loss_fn):
             if m is not None:
                 m.to(self.device)
@@ -115,8 +116,7 @@ class Trainer:
                 correct += int((out.argmax(1) == y).sum())
             seen += len(y)
         self.scaler.unscale_(self.optimizer)
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        grad_norm = nn.utils.clip_grad_norm_(params, self.grad_clip or float("inf"))
+        grad_norm = nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf"))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

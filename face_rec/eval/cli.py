@@ -79,15 +79,12 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
     return instantiate(cfg.model)
 
 
-def prepare(pairs: Pairs, cfg: DictConfig) -> PairImages:
-    return align_pair_images(pairs, cfg.eval.cache_dir, **_align_args(cfg))
-
-
-def _align_args(cfg: DictConfig) -> dict:
+def prepare_pair_images(pairs: Pairs, cfg: DictConfig) -> PairImages:
+    """The aligned images of ``pairs`` with the ``align`` config's settings (cached)."""
     kw = alignment_kwargs(cfg.align)
     kw.pop("threads_per_worker")
     kw.pop("chunk_size")
-    return kw
+    return align_pair_images(pairs, cfg.eval.cache_dir, **kw)
 
 
 def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
@@ -102,11 +99,11 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     calib_path = cfg.calibration_pairs
     if pairs.n_folds < 2 and calib_path and Path(calib_path).is_file():
         c_pairs = load_pairs(calib_path, cfg.image_root)
-        calibration = (c_pairs, prepare(c_pairs, cfg))
+        calibration = (c_pairs, prepare_pair_images(c_pairs, cfg))
     metrics = evaluate_pairs(
         model,
         pairs,
-        prepare(pairs, cfg),
+        prepare_pair_images(pairs, cfg),
         cfg.eval.batch_size,
         device,
         cfg.eval.flip,
