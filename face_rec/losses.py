@@ -37,10 +37,14 @@ class MarginSoftmax(nn.Module):
         return cos_y
 
     def logits(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The scaled logits with the target replaced: (B, C)."""
+        """The scaled logits with the target replaced: (B, C). A label < 0 marks a row whose
+        class is not among these C columns (another rank's shard in Partial FC): no margin."""
         cos = cos.float().clamp(-1.0, 1.0)
-        target = self.psi(cos.gather(1, labels[:, None]))
-        return self.s * cos.scatter(1, labels[:, None], target)
+        has = (labels >= 0)[:, None]
+        index = labels.clamp_min(0)[:, None]
+        cos_y = cos.gather(1, index)
+        target = torch.where(has, self.psi(cos_y), cos_y)
+        return self.s * cos.scatter(1, index, target)
 
     def forward(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.logits(cos, labels), labels, reduction="none")
