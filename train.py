@@ -1,7 +1,13 @@
 """Train a face-recognition model: ``python train.py model=resnet50 head=arcface``."""
 
+import os
+
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+# torchrun ranks > 0 write their Hydra logs beside rank 0's, not over them
+RANK = os.environ.get("RANK", "0")
+OmegaConf.register_new_resolver("rank_suffix", lambda: "" if RANK == "0" else f".rank{RANK}")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

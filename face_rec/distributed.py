@@ -45,6 +45,12 @@ def init_distributed(backend: str = "auto") -> DistInfo:
     return info
 
 
+def shutdown() -> None:
+    """Leave the process group (end of a torchrun job); nothing in a single process."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -105,6 +111,20 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return _GatherWithGrad.apply(x) if active() else x
 
 
+def all_gather_objects(obj) -> list:
+    """Every rank's ``obj`` (picklable), by rank."""
+    if not active():
+        return [obj]
+    out: list = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
 def broadcast_object(obj):
     """Rank 0's ``obj`` on every rank."""
     if not active():
@@ -120,17 +140,15 @@ def check_same_config(config: dict) -> None:
     if not active():
         return
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
-    digests: list = [None] * world_size()
-    dist.all_gather_object(digests, digest)
+    digests = all_gather_objects(digest)
     if len(set(digests)) == 1:
         return
-    configs: list = [None] * world_size()
-    dist.all_gather_object(configs, config)
-    diff = sorted(_differing_keys(configs[0], config))
+    configs = all_gather_objects(config)
+    diff = {r: sorted(_differing_keys(configs[0], c)) for r, c in enumerate(configs) if r}
     raise ValueError(
-        f"rank {rank()} was started with a config that differs from rank 0's at {diff} "
-        f"(digests by rank: {[d[:8] for d in digests]}); start every rank with the same "
-        "command line and overrides"
+        "the ranks were started with different configs; keys that differ from rank 0's: "
+        + "; ".join(f"rank {r}: {keys}" for r, keys in diff.items() if keys)
+        + ". Start every rank with the same command line and overrides"
     )
 
 

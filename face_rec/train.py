@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import logging
 import random
 import time
@@ -14,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from face_rec import distributed as D
 from face_rec.align.cli import alignment_kwargs
 from face_rec.align.run import run_alignment
 from face_rec.data.pack import read_summary
@@ -24,8 +26,9 @@ from face_rec.engine import hooks as H
 from face_rec.engine.schedule import make_scheduler
 from face_rec.engine.trainer import Hook, Trainer
 from face_rec.eval.cli import prepare_pair_images, resolve_device
-from face_rec.eval.report import write_roc
+from face_rec.eval.report import write_roc, write_scores
 from face_rec.eval.verification import evaluate_pairs
+from face_rec.models.partial_fc import PartialFC
 from face_rec.utils.checkpoint import load_checkpoint
 from face_rec.utils.io import write_json
 
@@ -53,28 +56,32 @@ def ensure_pack(source: DictConfig, align: DictConfig) -> None:
 
 
 def training_data(cfg: DictConfig) -> TrainSet | AlignedFolder:
-    """The packs of ``train_data.sources`` (aligned first if missing), or a folder of crops."""
+    """The packs of ``train_data.sources`` (aligned first if missing, by rank 0 only), or a
+    folder of crops."""
     folder = cfg.train_data.get("aligned_folder")
     if folder:
         return AlignedFolder(folder, cfg.align.settings.size)
-    for source in cfg.train_data.sources.values():
-        ensure_pack(source, cfg.align)
+    if D.rank() == 0:
+        for source in cfg.train_data.sources.values():
+            ensure_pack(source, cfg.align)
+    D.barrier()
     sources = [Source(s.pack_dir, s.get("identities")) for s in cfg.train_data.sources.values()]
     return TrainSet(
         sources, cfg.train_data.min_images_per_identity, cfg.train_data.include_fallbacks
     )
 
 
-def make_plan(cfg: DictConfig, labels: np.ndarray):
+def make_plan(cfg: DictConfig, labels: np.ndarray, world: int = 1):
+    """Global batches of ``trainer.batch_size`` x ``world`` (the batch size is per rank)."""
     kind, t = cfg.head.sampler, cfg.trainer
+    size = t.batch_size * world
     if kind == "random":
-        return RandomBatches(labels, t.batch_size, cfg.seed)
+        return RandomBatches(labels, size, cfg.seed)
     if kind == "balanced":
-        return BalancedBatches(labels, t.batch_size, cfg.seed)
+        return BalancedBatches(labels, size, cfg.seed)
     if kind == "identity":
-        return IdentityBatches(
-            labels, t.batch_size // t.images_per_identity, t.images_per_identity, cfg.seed
-        )
+        k = t.images_per_identity
+        return IdentityBatches(labels, size // k, k, cfg.seed)
     raise ValueError(f"unknown sampler {kind!r}; use random, balanced or identity")
 
 
@@ -118,16 +125,24 @@ def validation_fn(cfg: DictConfig, device: str):
 
 
 def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation | None, RunStats]:
+    """The trainer and its hooks; under torchrun, this rank's (hooks that write: rank 0 only)."""
     seed_everything(cfg.seed)
+    rank, world = D.rank(), D.world_size()
+    main = rank == 0
     device = resolve_device(cfg.trainer.device)
+    if device == "cuda" and world > 1:
+        device = f"cuda:{torch.cuda.current_device()}"
     dataset = training_data(cfg)
     log.info("training on %d images of %d identities", len(dataset), dataset.num_classes)
-    model = instantiate(cfg.model)
-    head = None
-    if cfg.head.module is not None:
+    model = instantiate(cfg.model)  # the same initial weights on every rank
+    if world > 1:
+        seed_everything(cfg.seed + rank)  # per-rank streams: dropout, centre shards, sampling
+    head, loss_fn = None, instantiate(cfg.head.loss)
+    if cfg.partial_fc:
+        loss_fn = PartialFC(cfg.model.embedding_dim, dataset.num_classes, loss_fn, cfg.partial_fc)
+    elif cfg.head.module is not None:
         head = instantiate(cfg.head.module, num_classes=dataset.num_classes)
-    loss_fn = instantiate(cfg.head.loss)
-    params = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
+    params = [p for m in (model, head, loss_fn) if m is not None for p in m.parameters()]
     optimizer = instantiate(cfg.optimizer)(params)
     scheduler = make_scheduler(optimizer, cfg.trainer.max_steps, **cfg.scheduler)
     weight = (
@@ -135,18 +150,19 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation
         if cfg.train_data.class_weight_power
         else None
     )
-    tb = H.TensorBoard(out_dir / "tensorboard", cfg.trainer.log_every)
+    tb = H.TensorBoard(out_dir / "tensorboard", cfg.trainer.log_every) if main else None
     validation = None
     if cfg.val.pairs:
         validation = H.Validation(
-            validation_fn(cfg, device),
+            validation_fn(cfg, device) if main else None,
             cfg.trainer.eval_every,
             name=Path(cfg.val.pairs).stem,
             tensorboard=tb,
         )
     stats = RunStats()
     config = OmegaConf.to_container(cfg, resolve=True)
-    hooks = [H.LRSchedule(), H.StopOnNaN(), stats, H.Progress(), tb]
+    hooks = [H.LRSchedule(), H.StopOnNaN(), stats]
+    hooks += [H.Progress(), tb] if main else []
     hooks += [validation] if validation is not None else []
     hooks += [
         H.Checkpoint(out_dir / "checkpoints", config, cfg.trainer.checkpoint_every, validation)
@@ -158,8 +174,8 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation
         optimizer,
         scheduler,
         dataset,
-        make_plan(cfg, dataset.labels),
-        instantiate(cfg.augment, seed=cfg.seed),
+        make_plan(cfg, dataset.labels, world),
+        instantiate(cfg.augment, seed=cfg.seed + rank),
         cfg.trainer.max_steps,
         hooks,
         device,
@@ -187,10 +203,18 @@ def resume_path(cfg: DictConfig, out_dir: Path) -> Path | None:
 
 def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Train as ``cfg`` says, writing checkpoints, TensorBoard logs, metrics.json and
-    config.yaml into ``out_dir``. Returns the metrics dict."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    config.yaml into ``out_dir``. Returns the metrics dict.
+
+    Under torchrun every rank calls this; rank 0's ``out_dir`` is used and only rank 0 writes.
+    Ranks started with different configs stop with an error naming the keys that differ.
+    """
+    info = D.init_distributed(cfg.trainer.backend)
+    out_dir = Path(D.broadcast_object(str(out_dir)))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    D.check_same_config({k: v for k, v in config.items() if k != "run_name"})
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer, validation, stats = build_trainer(cfg, out_dir)
     path = resume_path(cfg, out_dir)
     if path is not None:
@@ -210,6 +234,13 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
             "final_loss": trainer.metrics.get("loss"),
         }
     }
+    if info.world_size > 1:  # a replica that drifted would show here
+        digests = D.all_gather_objects(_weights_digest(trainer.model))
+        metrics["distributed"] = {"world_size": info.world_size, "backbone_sha256": digests}
+        if len(set(digests)) > 1:
+            log.error("the ranks' backbones differ after training: %s", digests)
+    if not info.is_main:
+        return metrics
     if validation is not None and validation.latest is not None:
         m = validation.latest
         metrics["val"] = {k: v for k, v in m.items() if k not in ("scores", "roc")}
@@ -217,8 +248,20 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
         metrics["val/accuracy"] = m["accuracy_mean"]
         metrics["val/eer"] = m["eer"]
         write_roc(out_dir / "roc.csv", m["roc"])
+        # per-pair scores of the final validation, for error analysis (notebooks/compare_runs)
+        write_scores(out_dir / "scores.csv", validation.evaluate.keywords["pairs"], m["scores"])
     write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the parameters (not the buffers: DDP gives each rank's BatchNorm running
+    statistics its own last batch; checkpoints hold rank 0's, as in any DDP job)."""
+    h = hashlib.sha256()
+    for name, t in model.named_parameters():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def train_entry(cfg: DictConfig, out_dir: str | Path, keep_going: bool = False) -> float | None:
@@ -233,6 +276,8 @@ def train_entry(cfg: DictConfig, out_dir: str | Path, keep_going: bool = False) 
     try:
         metrics = train_from_config(cfg, out_dir)
     except Exception as e:
+        if D.rank() != 0:
+            raise
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         message = " ".join(f"{type(e).__name__}: {e}".split())
         (Path(out_dir) / "error.txt").write_text(f"{message}\n\n{traceback.format_exc()}")
@@ -240,4 +285,6 @@ def train_entry(cfg: DictConfig, out_dir: str | Path, keep_going: bool = False) 
             raise
         log.exception("run failed; the sweep goes on (see %s/error.txt)", out_dir)
         return float("nan")
+    finally:
+        D.shutdown()
     return metrics.get(cfg.optimized_metric) if cfg.optimized_metric else None

@@ -45,3 +45,47 @@ def detector():
     from face_rec.align.detect import FaceDetector
 
     return FaceDetector(min_face_size=20, device="cpu")
+
+
+# tiny synthetic training runs (sweeps, distributed training): overrides of train.py
+TINY = [
+    "model=mobilefacenet",
+    "model.input_size=32",
+    "augment.size=32",
+    "model.embedding_dim=16",
+    "trainer.batch_size=8",
+    "trainer.max_steps=3",
+    "trainer.checkpoint_every=0",
+    "scheduler.warmup_steps=1",
+    "trainer.device=cpu",
+    "eval.n_bootstrap=10",
+    "train_data.sources.lfw.identities=null",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A 6-identity pack of synthetic images and a 20-pair .bin validation list."""
+    import numpy as np
+
+    from face_rec.align.run import run_alignment
+    from face_rec.data.pairs import write_bin
+
+    from .align.test_run import FakeDetector, _tree
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    run_alignment(_tree(tmp / "in", n_ids=6, per_id=4), tmp / "pack", FakeDetector, workers=0)
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (40, 112, 112, 3), dtype=np.uint8)
+    write_bin(tmp / "val.bin", crops[:20], crops[20:], np.arange(20) % 2 == 0)
+    return tmp
+
+
+def tiny_args(tiny) -> list[str]:
+    """train.py overrides that point at the ``tiny`` fixture's data."""
+    return [
+        *TINY,
+        f"train_data.sources.lfw.pack_dir={tiny}/pack",
+        f"val.pairs={tiny}/val.bin",
+        f"paths.pack_dir={tiny}/packs",
+    ]

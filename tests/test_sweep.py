@@ -9,36 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from face_rec.align.run import run_alignment
-from face_rec.data.pairs import write_bin
 from face_rec.report import Run, aggregate, overlaps, read_published_roc, report
 
-from .align.test_run import FakeDetector, _tree
-from .conftest import REPO
-
-TINY = [
-    "model=mobilefacenet",
-    "model.input_size=32",
-    "augment.size=32",
-    "model.embedding_dim=16",
-    "trainer.batch_size=8",
-    "trainer.max_steps=3",
-    "trainer.checkpoint_every=0",
-    "scheduler.warmup_steps=1",
-    "trainer.device=cpu",
-    "eval.n_bootstrap=10",
-    "train_data.sources.lfw.identities=null",
-]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sweep")
-    run_alignment(_tree(tmp / "in", n_ids=6, per_id=4), tmp / "pack", FakeDetector, workers=0)
-    rng = np.random.default_rng(0)
-    crops = rng.integers(0, 256, (40, 112, 112, 3), dtype=np.uint8)
-    write_bin(tmp / "val.bin", crops[:20], crops[20:], np.arange(20) % 2 == 0)
-    return tmp
+from .conftest import REPO, tiny_args
 
 
 def _sweep(tiny, out, *args):
@@ -46,10 +19,7 @@ def _sweep(tiny, out, *args):
         sys.executable,
         "train.py",
         "-m",
-        *TINY,
-        f"train_data.sources.lfw.pack_dir={tiny}/pack",
-        f"val.pairs={tiny}/val.bin",
-        f"paths.pack_dir={tiny}/packs",
+        *tiny_args(tiny),
         f"hydra.sweep.dir={out}",
         *args,
     ]

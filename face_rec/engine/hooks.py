@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from face_rec import distributed as D
 from face_rec.engine.trainer import Hook, Trainer
 from face_rec.utils.checkpoint import save_checkpoint
 
@@ -111,7 +112,10 @@ class TensorBoard(Hook):
 class Validation(Hook):
     """Verification on a pair list every ``every`` steps and at the end (``evaluate``: a function
     model -> metrics dict). Keeps ``history``, the latest result and whether it is the best so far
-    by ``metric`` (higher is better)."""
+    by ``metric`` (higher is better).
+
+    Under torchrun only rank 0 evaluates (the others pass ``evaluate=None``) and tells the others
+    whether the result improved, so that all of them take part in saving ``best.pt``."""
 
     def __init__(
         self,
@@ -132,7 +136,9 @@ class Validation(Hook):
         step = trainer.state.step
         self.improved = False
         if (self.every and step % self.every == 0) or step == trainer.max_steps:
-            self.run(trainer)
+            if self.evaluate is not None:
+                self.run(trainer)
+            self.improved = D.broadcast_object(self.improved)
 
     def run(self, trainer: Trainer) -> None:
         start = time.perf_counter()
@@ -163,7 +169,8 @@ class Validation(Hook):
 
 class Checkpoint(Hook):
     """Atomic ``last.pt`` every ``every`` steps and at the end, ``best.pt`` whenever the
-    validation hook reports an improvement. Each holds the trainer state and the resolved config."""
+    validation hook reports an improvement. Each holds the trainer state and the resolved config.
+    Every rank gathers the state (sharded centres); rank 0 writes."""
 
     def __init__(
         self, directory: str | Path, config: dict, every: int, validation: Validation | None = None
@@ -185,6 +192,8 @@ class Checkpoint(Hook):
         if not (last or improved or (self.every and step % self.every == 0)):
             return
         state = self.state(trainer)
+        if D.rank() != 0:
+            return
         if last or (self.every and step % self.every == 0):
             save_checkpoint(self.dir / "last.pt", state)
         if improved:

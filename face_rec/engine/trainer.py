@@ -11,9 +11,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
 
+from face_rec import distributed as D
 from face_rec.data.augment import Augment
+from face_rec.models.partial_fc import PartialFC
 
 
 @dataclass
@@ -36,6 +39,11 @@ class Trainer:
 
     One step = ``accum_steps`` micro-batches then one optimizer update. After each step
     ``self.metrics`` holds loss, accuracy, grad norm, LR, images/s and the data-wait fraction.
+
+    Under torchrun (a process group of W ranks) the plan's batches are global: rank r trains on
+    the r-th contiguous 1/W of each, ``model`` and a replicated ``head`` run under
+    DistributedDataParallel, a :class:`PartialFC` loss keeps its centres sharded, and the
+    metrics are reduced over ranks. Every rank must call :meth:`state_dict` (it gathers).
     """
 
     def __init__(
@@ -81,6 +89,17 @@ class Trainer:
             if m is not None:
                 m.to(self.device)
         model.to(memory_format=self.memory_format)
+        self.rank, self.world = D.rank(), D.world_size()
+        self.sharded = [m for m in (head, loss_fn) if isinstance(m, PartialFC)]
+        sharded = {id(p) for m in self.sharded for p in m.parameters()}
+        self.replicated_params = [p for p in self.params if id(p) not in sharded]
+        self.sharded_params = [p for p in self.params if id(p) in sharded]
+        self.forward_model, self.forward_head = model, head
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = DDP(model, device_ids=ids)
+            if head is not None and not isinstance(head, PartialFC):
+                self.forward_head = DDP(head, device_ids=ids)
 
     # ------------------------------------------------------------------ the loop
 
@@ -105,8 +124,8 @@ class Trainer:
             x = x.contiguous(memory_format=self.memory_format)
             y = labels.to(self.device, non_blocking=True)
             with self.autocast():
-                embeddings = self.model(x)
-                out = self.head(embeddings) if self.head is not None else embeddings
+                embeddings = self.forward_model(x)
+                out = self.forward_head(embeddings) if self.head is not None else embeddings
                 per_sample = self.loss_fn(out, y)
             w = self.weight[y] if self.weight is not None else torch.ones_like(per_sample)
             loss = (per_sample * w).mean() / self.accum_steps
@@ -114,18 +133,30 @@ class Trainer:
             losses.append(loss.item() * self.accum_steps)
             if self.head is not None:
                 correct += int((out.argmax(1) == y).sum())
+            elif self.sharded:
+                correct += round(self.sharded[0].accuracy * len(y))
             seen += len(y)
         self.scaler.unscale_(self.optimizer)
-        grad_norm = nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf"))
+        if self.sharded:
+            grad_norm = D.clip_grad_norm(
+                self.replicated_params, self.sharded_params, self.grad_clip
+            )
+        else:
+            grad_norm = nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf"))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         elapsed = time.perf_counter() - start
         wait = sum(m[2] for m in micro)
+        if self.world > 1:  # the step's figures over all ranks
+            t = D.all_reduce(torch.tensor([float(np.sum(losses)), correct, seen, wait]))
+            losses = [t[0].item() / self.world / len(micro)]
+            correct, seen, wait = t[1].item(), t[2].item(), t[3].item() / self.world
+        has_accuracy = self.head is not None or bool(self.sharded)
         self.metrics = {
             "loss": float(np.mean(losses)),
-            "accuracy": correct / seen if self.head else None,
+            "accuracy": correct / seen if has_accuracy else None,
             "grad_norm": float(grad_norm),
             "lr": self.optimizer.param_groups[0]["lr"],
             "images_per_s": seen / (elapsed + wait),
@@ -144,6 +175,8 @@ class Trainer:
         position; a resumed run continues mid-epoch exactly where it stopped."""
         while True:
             todo = self.plan.batches(self.state.epoch)[self.state.batch_in_epoch :]
+            if self.world > 1:  # this rank's contiguous share of each global batch
+                todo = [b[len(b) // self.world * self.rank :][: len(b) // self.world] for b in todo]
             # the loader's own generator: creating it must not draw from the global RNG, or a
             # resumed run (which creates one more loader) would see other dropout masks
             loader = DataLoader(
@@ -168,16 +201,13 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict:
-        """Everything an exact resume needs."""
-        return {
-            "model": self.model.state_dict(),
-            "head": self.head.state_dict() if self.head is not None else None,
-            "loss": self.loss_fn.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+        """Everything an exact resume needs. Sharded class centres and their optimizer state
+        are gathered whole, and each rank's random streams are kept, so every rank calls this."""
+        optimizer = self.optimizer.state_dict()
+        for m in self.sharded:
+            optimizer = m.gather_optimizer_state(self.optimizer, optimizer)
+        streams = {
             "augment": self.augment.state_dict(),
-            "trainer": asdict(self.state),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "numpy": np.random.get_state(),  # noqa: NPY002 (global state)
@@ -185,18 +215,40 @@ class Trainer:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             },
         }
+        return {
+            "model": self.model.state_dict(),
+            "head": self.head.state_dict() if self.head is not None else None,
+            "loss": self.loss_fn.state_dict(),
+            "optimizer": optimizer,
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "trainer": asdict(self.state),
+            "world_size": self.world,
+            **streams,
+            "rank_streams": D.all_gather_objects(streams) if self.world > 1 else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore ``state``, also on another number of ranks: sharded centres are re-sharded,
+        the data position is converted; random streams are exact only on the same number."""
         self.model.load_state_dict(state["model"])
         if self.head is not None:
             self.head.load_state_dict(state["head"])
         self.loss_fn.load_state_dict(state["loss"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        optimizer = state["optimizer"]
+        for m in self.sharded:
+            optimizer = m.shard_optimizer_state(self.optimizer, optimizer)
+        self.optimizer.load_state_dict(optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.augment.load_state_dict(state["augment"])
         self.state = TrainState(**state["trainer"])
-        rng = state["rng"]
+        saved_world = state.get("world_size", 1)
+        streams = state.get("rank_streams") or [state]
+        if saved_world != self.world:  # batches of B x W images: same images seen, new units
+            self.state.batch_in_epoch = self.state.batch_in_epoch * saved_world // self.world
+        streams = streams[self.rank] if len(streams) == self.world else streams[0]
+        self.augment.load_state_dict(streams["augment"])
+        rng = streams["rng"]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])  # noqa: NPY002
         random.setstate(rng["python"])

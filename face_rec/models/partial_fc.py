@@ -115,7 +115,8 @@ class PartialFC(nn.Module):
         with torch.no_grad():
             self.accuracy = self._accuracy(cos, local)
         logits = self.margin.logits(cos, local)
-        return _ShardedCrossEntropy.apply(logits, local, D.rank() * len(embeddings), len(embeddings))
+        n = len(embeddings)
+        return _ShardedCrossEntropy.apply(logits, local, D.rank() * n, n)
 
     @staticmethod
     def _accuracy(cos: torch.Tensor, local: torch.Tensor) -> float:
