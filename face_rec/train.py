@@ -20,6 +20,7 @@ from face_rec.align.cli import alignment_kwargs
 from face_rec.align.run import run_alignment
 from face_rec.data.pack import read_summary
 from face_rec.data.pairs import load_pairs
+from face_rec.data.recordio import RecordDataset
 from face_rec.data.samplers import BalancedBatches, IdentityBatches, RandomBatches, class_weights
 from face_rec.data.train_set import AlignedFolder, Source, TrainSet
 from face_rec.engine import hooks as H
@@ -55,12 +56,14 @@ def ensure_pack(source: DictConfig, align: DictConfig) -> None:
     run_alignment(source.image_dir, source.pack_dir, limit=source.limit, **kw)
 
 
-def training_data(cfg: DictConfig) -> TrainSet | AlignedFolder:
-    """The packs of ``train_data.sources`` (aligned first if missing, by rank 0 only), or a
-    folder of crops."""
+def training_data(cfg: DictConfig) -> TrainSet | AlignedFolder | RecordDataset:
+    """The packs of ``train_data.sources`` (aligned first if missing, by rank 0 only), a folder
+    of crops, or an insightface RecordIO file."""
     folder = cfg.train_data.get("aligned_folder")
     if folder:
         return AlignedFolder(folder, cfg.align.settings.size)
+    if cfg.train_data.get("rec"):
+        return RecordDataset(cfg.train_data.rec, cfg.train_data.get("idx"))
     if D.rank() == 0:
         for source in cfg.train_data.sources.values():
             ensure_pack(source, cfg.align)

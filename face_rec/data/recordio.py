@@ -1,0 +1,260 @@
+"""insightface RecordIO datasets (``train.rec`` + ``train.idx``) without MXNet.
+
+The format, as MXNet's ``recordio`` module and dmlc-core write it:
+
+- A record is framed as ``uint32 magic 0xCED7230A``, ``uint32 lrec`` (upper 3 bits: continuation
+  flag, lower 29: payload length), the payload, zero padding to a multiple of 4. A payload that
+  contains the magic word at a 4-byte-aligned offset is split there into parts (flag 1 start,
+  2 middle, 3 end) and the magic word itself is dropped; the reader puts it back between parts.
+- ``train.idx``: one ``key<TAB>byte offset`` line per record.
+- A payload starts with the image header ``IRHeader`` (struct ``<IfQQ``: flag, label, id, id2);
+  when flag > 0, flag float32 labels follow it (and the ``label`` field is unused); then the
+  encoded image (JPEG for insightface's datasets).
+- insightface's header record (key 0): flag > 0 and labels ``(a, b)``: images are keys 1..a-1,
+  and keys a..b-1 are one record per identity whose labels ``(start, end)`` are its image keys.
+
+:class:`RecordDataset` reads such a dataset lazily (index in memory, one file handle per loader
+worker, JPEG decoded in the worker); :func:`write_records` converts a face_rec pack or a folder
+of aligned crops into one.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from face_rec.utils.io import atomic_path
+
+MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
+_HEADER = struct.Struct("<IfQQ")
+_LENGTH_MASK = (1 << 29) - 1
+
+
+class RecordIOError(ValueError):
+    """A .rec/.idx file that does not follow the format."""
+
+
+@dataclass
+class Header:
+    flag: int
+    label: float | np.ndarray
+    id: int = 0
+    id2: int = 0
+
+
+# ------------------------------------------------------------------ framing
+
+
+def frame(payload: bytes) -> bytes:
+    """``payload`` as one framed record (split at aligned magic words, as dmlc-core does)."""
+    out, start = bytearray(), 0
+    for i in range(0, len(payload) - 3, 4):
+        if payload[i : i + 4] == _MAGIC_BYTES:
+            out += _part(1 if start == 0 else 2, payload[start:i])
+            start = i + 4
+    out += _part(0 if start == 0 else 3, payload[start:])
+    out += b"\0" * (-len(payload) % 4)
+    return bytes(out)
+
+
+def _part(flag: int, data: bytes) -> bytes:
+    return _MAGIC_BYTES + struct.pack("<I", (flag << 29) | len(data)) + data
+
+
+def read_record(fh, offset: int | None = None) -> bytes:
+    """The payload of the record at ``offset`` (or the current position) of an open .rec."""
+    if offset is not None:
+        fh.seek(offset)
+    parts = []
+    while True:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise RecordIOError(f"{getattr(fh, 'name', 'record file')}: truncated record header")
+        magic, lrec = struct.unpack("<II", head)
+        if magic != MAGIC:
+            raise RecordIOError(
+                f"{getattr(fh, 'name', 'record file')}: no record at byte {fh.tell() - 8} "
+                f"(magic {magic:#x}, expected {MAGIC:#x}); is the .idx from this .rec?"
+            )
+        flag, length = lrec >> 29, lrec & _LENGTH_MASK
+        data = fh.read(length)
+        if len(data) < length:
+            raise RecordIOError(f"{getattr(fh, 'name', 'record file')}: truncated record")
+        if parts:
+            parts.append(_MAGIC_BYTES)
+        parts.append(data)
+        if flag in (0, 3):
+            fh.seek(-length % 4, 1)
+            return b"".join(parts)
+        # flags 1 and 2 carry a multiple of 4 bytes: no padding before the next part
+
+
+def pack_payload(header: Header, image: bytes) -> bytes:
+    """IRHeader (+ label array when ``header.label`` is a sequence) + image bytes."""
+    label = np.atleast_1d(np.asarray(header.label, np.float32))
+    if np.ndim(header.label) == 0:
+        return _HEADER.pack(0, float(label[0]), header.id, header.id2) + image
+    return _HEADER.pack(len(label), 0.0, header.id, header.id2) + label.tobytes() + image
+
+
+def unpack_payload(payload: bytes) -> tuple[Header, bytes]:
+    flag, label, id_, id2 = _HEADER.unpack_from(payload)
+    rest = payload[_HEADER.size :]
+    if flag > 0:
+        labels = np.frombuffer(rest, np.float32, flag).copy()
+        return Header(flag, labels, id_, id2), rest[4 * flag :]
+    return Header(flag, label, id_, id2), rest
+
+
+def read_index(path: str | Path) -> dict[int, int]:
+    """``train.idx``: key -> byte offset."""
+    index = {}
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2 or not fields[0].isdigit() or not fields[1].isdigit():
+            raise RecordIOError(f"{path}:{n}: expected 'key<TAB>offset', got {line!r}")
+        index[int(fields[0])] = int(fields[1])
+    return index
+
+
+# ------------------------------------------------------------------ dataset
+
+
+class RecordDataset(Dataset):
+    """An insightface ``.rec``/``.idx`` pair as a training set: item i is (uint8 (3, H, W), label).
+
+    Labels come from the identity records of the header (no image is read to list them); a
+    dataset without a header record has its image headers read once instead. ``labels`` are
+    remapped to 0..C-1 in order of the original ids; ``names`` holds the original ids as text.
+    """
+
+    def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None) -> None:
+        self.rec_path = Path(rec_path)
+        idx_path = Path(idx_path) if idx_path else self.rec_path.with_suffix(".idx")
+        for p in (self.rec_path, idx_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"{p} not found: a RecordIO dataset needs .rec and .idx")
+        self.index = read_index(idx_path)
+        self._fh = None
+        header, rest = unpack_payload(self.read(0)) if 0 in self.index else (None, b"")
+        if header is not None and header.flag >= 2 and not rest:  # the header record
+            first_id, end = int(header.label[0]), int(header.label[1])
+            self.keys = np.arange(1, first_id)
+            raw = np.full(len(self.keys), -1, np.int64)
+            for key in range(first_id, end):
+                start, stop = unpack_payload(self.read(key))[0].label[:2].astype(int)
+                raw[start - 1 : stop - 1] = key - first_id
+        else:
+            self.keys = np.array(sorted(self.index))
+            raw = np.array([int(self._label(unpack_payload(self.read(k))[0])) for k in self.keys])
+        if (raw < 0).any():
+            raise RecordIOError(f"{self.rec_path}: {int((raw < 0).sum())} images in no identity")
+        ids, self.labels = np.unique(raw, return_inverse=True)
+        self.names = [str(i) for i in ids]
+
+    @staticmethod
+    def _label(header: Header) -> float:
+        return header.label if np.ndim(header.label) == 0 else header.label[0]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def read(self, key: int) -> bytes:
+        if self._fh is None:  # opened lazily: each loader worker gets its own handle
+            self._fh = open(self.rec_path, "rb")  # noqa: SIM115 (kept open for random access)
+        if key not in self.index:
+            raise KeyError(f"{self.rec_path}: no record {key} in the index")
+        return read_record(self._fh, self.index[key])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fh": None}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        key = int(self.keys[i])
+        _, data = unpack_payload(self.read(key))
+        try:
+            img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        except Exception as e:
+            raise RecordIOError(
+                f"{self.rec_path}: record {key} is not a readable image: {e}"
+            ) from e
+        return torch.from_numpy(img.copy()).permute(2, 0, 1), int(self.labels[i])
+
+
+# ------------------------------------------------------------------ writer
+
+
+def write_records(dataset: Dataset, out_rec: str | Path, quality: int = 95) -> dict:
+    """Write a training set (item i: uint8 (3, H, W), label; ``labels`` (N,)), e.g. a
+    :class:`~face_rec.data.train_set.TrainSet` over a pack or an
+    :class:`~face_rec.data.train_set.AlignedFolder`, as insightface ``.rec``/``.idx``: JPEG at
+    ``quality``, images grouped by label, with the header and identity records. Both files are
+    written atomically (an interrupted conversion leaves nothing half-written). Returns counts."""
+    from tqdm import tqdm
+
+    out_rec = Path(out_rec)
+    labels = np.asarray(dataset.labels, np.int64)
+    order = np.argsort(labels, kind="stable")
+    ids, starts = np.unique(labels[order], return_index=True)
+    n, first_id = len(order), len(order) + 1
+    with (
+        atomic_path(out_rec) as rec_tmp,
+        atomic_path(out_rec.with_suffix(".idx")) as idx_tmp,
+        open(rec_tmp, "wb") as rec,
+        open(idx_tmp, "w") as idx,
+    ):
+
+        def put(key: int, payload: bytes) -> None:
+            idx.write(f"{key}\t{rec.tell()}\n")
+            rec.write(frame(payload))
+
+        put(0, pack_payload(Header(2, np.array([first_id, first_id + len(ids)])), b""))
+        for key, i in enumerate(tqdm(order, desc="write .rec", unit="img"), 1):
+            image, label = dataset[int(i)]
+            buf = io.BytesIO()
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, "JPEG", quality=quality)
+            put(key, pack_payload(Header(0, float(label), key), buf.getvalue()))
+        bounds = [*starts, n]
+        for j in range(len(ids)):
+            span = np.array([bounds[j] + 1, bounds[j + 1] + 1], np.float32)
+            put(first_id + j, pack_payload(Header(2, span), b""))
+    return {"images": n, "identities": len(ids), "rec": str(out_rec)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m face_rec.data.recordio <pack dir or aligned folder> <out.rec>``"""
+    import argparse
+
+    from face_rec.data.pack import read_summary
+    from face_rec.data.train_set import AlignedFolder, Source, TrainSet
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("source", type=Path, help="a face_rec pack, or <identity>/<image> crops")
+    ap.add_argument("out_rec", type=Path)
+    ap.add_argument("--quality", type=int, default=95)
+    args = ap.parse_args(argv)
+    if read_summary(args.source) is not None:
+        dataset = TrainSet([Source(str(args.source))])
+    elif args.source.is_dir():
+        dataset = AlignedFolder(args.source)
+    else:
+        raise SystemExit(f"{args.source}: neither a complete face_rec pack nor a folder of crops")
+    print(write_records(dataset, args.out_rec, args.quality))
+
+
+if __name__ == "__main__":
+    main()
