@@ -21,7 +21,7 @@ import torch
 from face_rec.align.detect import FaceDetector
 from face_rec.align.quality import landmark_errors, reference_crop
 from face_rec.data.images import load_rgb
-from face_rec.data.pack import read_manifest, read_summary
+from face_rec.data.pack import open_images, read_manifest, read_summary
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     rows = [r for r in read_manifest(args.pack / "manifest.csv") if r["status"] == "ok"]
     rng = np.random.default_rng(args.seed)
     rows = [rows[i] for i in np.sort(rng.choice(len(rows), min(args.n, len(rows)), replace=False))]
-    images = np.load(args.pack / "images.npy", mmap_mode="r")
+    images = open_images(args.pack)
     ours = np.stack([images[r["image_index"]] for r in rows])
     refs = np.stack(
         [

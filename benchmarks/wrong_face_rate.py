@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from face_rec.align.sheets import tile
-from face_rec.data.pack import read_manifest
+from face_rec.data.pack import open_images, read_manifest
 from face_rec.eval.embed import embed_crops
 from face_rec.utils.checkpoint import model_from_checkpoint
 
@@ -39,7 +39,7 @@ def main() -> None:
     )
     args = p.parse_args()
     rows = [r for r in read_manifest(args.pack / "manifest.csv") if r["status"] == "ok"]
-    images = np.load(args.pack / "images.npy", mmap_mode="r")
+    images = open_images(args.pack)
     crops = np.stack([images[r["image_index"]] for r in rows])
     emb = embed_crops(model_from_checkpoint(args.checkpoint), crops, batch_size=128)
     by_id = defaultdict(list)

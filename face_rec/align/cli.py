@@ -23,6 +23,7 @@ def alignment_kwargs(align: DictConfig) -> dict:
         "workers": align.workers,
         "threads_per_worker": align.threads_per_worker,
         "chunk_size": align.chunk_size,
+        "shard_size": align.shard_size,
     }
 
 

@@ -33,7 +33,14 @@ from face_rec.align.warp import (
     center_crop,
 )
 from face_rec.data.images import ImageReadError, is_image_file, load_rgb
-from face_rec.data.pack import MANIFEST_COLUMNS, SUMMARY_NAME, read_summary, write_manifest
+from face_rec.data.pack import (
+    MANIFEST_COLUMNS,
+    SUMMARY_NAME,
+    open_images,
+    read_summary,
+    write_images,
+    write_manifest,
+)
 from face_rec.utils.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -302,6 +309,7 @@ def run_alignment(
     detector_settings: dict | None = None,
     seed: int = 0,
     sources: list[str] | None = None,
+    shard_size: int = 0,
 ) -> dict:
     """Align every image under ``input_dir`` into a pack in ``output_dir``; return the summary.
 
@@ -312,6 +320,8 @@ def run_alignment(
         sources: align exactly these paths (relative to ``input_dir``, identity = first
             component) instead of scanning; a missing one is a ``failed`` row.
         detector_settings: recorded in the summary and in the resume key.
+        shard_size: write the crops as ``images-NNNNN.npy`` shards of this many rows when there
+            are more (0: one ``images.npy``); see :func:`face_rec.data.pack.open_images`.
     """
     settings = settings or AlignSettings()
     input_dir, output_dir = Path(input_dir), Path(output_dir)
@@ -341,7 +351,7 @@ def run_alignment(
             _save_part(parts, index, result)
             bar.update(len(result.rows))
     aligned_s = time.perf_counter() - start
-    summary = _assemble(output_dir, parts, len(chunks), settings, seed)
+    summary = _assemble(output_dir, parts, len(chunks), settings, seed, shard_size)
     summary.update(
         key=key,
         input_dir=str(input_dir),
@@ -386,9 +396,15 @@ def _n_workers(workers: int | None) -> int:
 
 
 def _assemble(
-    output_dir: Path, parts: Path, n_chunks: int, settings: AlignSettings, seed: int
+    output_dir: Path,
+    parts: Path,
+    n_chunks: int,
+    settings: AlignSettings,
+    seed: int,
+    shard_size: int = 0,
 ) -> dict:
-    """Concatenate the parts in input order into images.npy, manifest.csv and contact sheets."""
+    """Concatenate the parts in input order into the crop file(s), manifest.csv and contact
+    sheets."""
     n_rows = 0
     for i in range(n_chunks):  # count from the small rows record, not by reading the crops
         with np.load(_part_path(parts, i)) as z:
@@ -396,24 +412,24 @@ def _assemble(
     size = settings.size
     rows: list[dict] = []
     thumbs = []
-    with atomic_path(output_dir / "images.npy") as tmp:
-        images = np.lib.format.open_memmap(
-            tmp, mode="w+", dtype=np.uint8, shape=(n_rows, size, size, 3)
-        )
+
+    def blocks():
         at = 0
         for i in range(n_chunks):
             part = _load_part(parts, i)
-            images[at : at + len(part.crops)] = part.crops
             thumbs.extend(part.thumbs)
             for row in part.rows:
                 row["image_index"] = at if row["status"] != "failed" else -1
                 at += row["status"] != "failed"
             rows.extend(part.rows)
-        images.flush()
-        del images
+            yield part.crops
+
+    crops = blocks()
+    write_images(output_dir, n_rows, (size, size, 3), crops, shard_size)
+    for _ in crops:  # parts after the last crop (all failed) still have manifest rows
+        pass
     write_manifest(output_dir / "manifest.csv", rows)
-    images = np.load(output_dir / "images.npy", mmap_mode="r")
-    write_contact_sheets(output_dir, images, rows, thumbs, seed)
+    write_contact_sheets(output_dir, open_images(output_dir), rows, thumbs, seed)
     counts = Counter(r["status"] for r in rows)
     reasons = Counter(r["reason"].split(":")[0] for r in rows if r["reason"])
     return {

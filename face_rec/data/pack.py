@@ -1,7 +1,9 @@
 """The aligned pack on disk and ``PackedFaces``, a memory-mapped torch Dataset over it.
 
-A pack is a folder with ``images.npy`` (N, H, W, 3) uint8 RGB, ``manifest.csv`` (one row per
-input file) and ``summary.json``, written last, which marks the pack complete.
+A pack is a folder with the crops, (N, H, W, 3) uint8 RGB, ``manifest.csv`` (one row per input
+file) and ``summary.json``, written last, which marks the pack complete. The crops are one
+``images.npy``, or for datasets larger than one file should be, shards ``images-00000.npy``,
+``images-00001.npy``, ... of ``shard_size`` rows each; :func:`open_images` maps either lazily.
 """
 
 from __future__ import annotations
@@ -31,6 +33,94 @@ MANIFEST_COLUMNS = (
     "height",
     "reason",
 )
+
+
+class ShardedImages:
+    """Row-indexable view over ``images-NNNNN.npy`` shards; each shard is memory-mapped when a
+    row of it is first read, so opening a 5M-image pack costs nothing."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+        counts = [_npy_rows(p) for p in self.paths]
+        self.offsets = np.cumsum([0, *counts])
+        first = np.load(self.paths[0], mmap_mode="r")
+        self.shape = (int(self.offsets[-1]), *first.shape[1:])
+        self.dtype = first.dtype
+        self._maps: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _shard(self, k: int) -> np.ndarray:
+        if k not in self._maps:
+            self._maps[k] = np.load(self.paths[k], mmap_mode="r")
+        return self._maps[k]
+
+    def __getitem__(self, index):
+        if np.ndim(index) == 0:
+            i = int(index)
+            if not -len(self) <= i < len(self):
+                raise IndexError(f"row {i} out of range for a pack of {len(self)} images")
+            i %= len(self)
+            k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+            return self._shard(k)[i - self.offsets[k]]
+        rows = np.arange(len(self))[index]
+        return np.stack([self[i] for i in rows]) if len(rows) else np.empty((0, *self.shape[1:]))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_maps": {}}  # worker processes map their own
+
+
+def _npy_rows(path: Path) -> int:
+    return len(np.load(path, mmap_mode="r"))  # reads the header; maps, does not load
+
+
+def image_files(pack_dir: str | Path) -> list[Path]:
+    """The crop files of a pack: ``[images.npy]`` or its shards in order."""
+    pack_dir = Path(pack_dir)
+    single = pack_dir / "images.npy"
+    return [single] if single.exists() else sorted(pack_dir.glob("images-[0-9]*.npy"))
+
+
+def open_images(pack_dir: str | Path) -> np.ndarray | ShardedImages:
+    """All crops of a pack, (N, H, W, 3) uint8, memory-mapped (sharded packs: lazily per shard)."""
+    files = image_files(pack_dir)
+    if not files:
+        raise IncompletePackError(f"{pack_dir} holds no images.npy or images-NNNNN.npy shards")
+    return np.load(files[0], mmap_mode="r") if len(files) == 1 else ShardedImages(files)
+
+
+def write_images(
+    pack_dir: Path, n_rows: int, shape: tuple[int, ...], blocks, shard_size: int = 0
+) -> list[Path]:
+    """Write ``n_rows`` crops, arriving as consecutive (n, *shape) uint8 ``blocks``, into one
+    ``images.npy`` (when ``shard_size`` is 0 or not exceeded) or shards of ``shard_size`` rows.
+    Each file is written atomically. Returns the files."""
+    if shard_size <= 0 or n_rows <= shard_size:
+        bounds = [0, n_rows]
+        names = ["images.npy"]
+    else:
+        bounds = [*range(0, n_rows, shard_size), n_rows]
+        names = [f"images-{k:05d}.npy" for k in range(len(bounds) - 1)]
+    for stale in image_files(pack_dir):  # another layout from an earlier run
+        if stale.name not in names:
+            stale.unlink()
+    blocks = iter(blocks)
+    pending = np.empty((0, *shape), np.uint8)
+    for k, name in enumerate(names):
+        rows = bounds[k + 1] - bounds[k]
+        with atomic_path(pack_dir / name) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(rows, *shape))
+            at = 0
+            while at < rows:
+                if not len(pending):
+                    pending = next(blocks)
+                take = min(rows - at, len(pending))
+                out[at : at + take] = pending[:take]
+                pending, at = pending[take:], at + take
+            out.flush()
+            del out
+    return [pack_dir / n for n in names]
 
 
 class IncompletePackError(FileNotFoundError):
@@ -115,7 +205,7 @@ class PackedFaces(Dataset):
     def images(self) -> np.ndarray:
         """The whole pack, memory-mapped (opened lazily, so worker processes open their own)."""
         if self._images is None:
-            self._images = np.load(self.pack_dir / "images.npy", mmap_mode="r")
+            self._images = open_images(self.pack_dir)
         return self._images
 
     def __getstate__(self) -> dict:

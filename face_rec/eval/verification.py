@@ -12,7 +12,7 @@ import numpy as np
 from torch import nn
 
 from face_rec.align.run import AlignSettings, run_alignment
-from face_rec.data.pack import read_manifest
+from face_rec.data.pack import open_images, read_manifest
 from face_rec.data.pairs import Pairs
 from face_rec.eval import metrics as M
 from face_rec.eval.embed import embed_crops
@@ -65,7 +65,7 @@ def align_pair_images(
         detector_settings=detector_settings,
     )
     rows = {r["source"]: r for r in read_manifest(pack / "manifest.csv")}
-    images = np.load(pack / "images.npy", mmap_mode="r")
+    images = open_images(pack)
     size = summary["image_shape"][0]
     crops = np.zeros((len(pairs.images), size, size, 3), np.uint8)
     problems, fallback = [], np.zeros(len(pairs.images), bool)

@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from face_rec.align.run import run_alignment
-from face_rec.data.pack import PackedFaces
+from face_rec.data.pack import (
+    PackedFaces,
+    ShardedImages,
+    image_files,
+    open_images,
+    write_images,
+)
 
 from ..align.test_run import FakeDetector, _tree
 
@@ -66,3 +72,32 @@ def test_train_set_merges_packs_and_remaps_labels(tmp_path):
     assert TrainSet(sources, min_images=4, include_fallbacks=True).num_classes == 5
     with pytest.raises(ValueError, match="no training images with >= 5 per identity"):
         TrainSet(sources, min_images=5)
+
+
+def test_a_sharded_pack_holds_the_same_crops(tmp_path):
+    root = _tree(tmp_path / "in", n_ids=3, per_id=4)
+    run_alignment(root, tmp_path / "one", FakeDetector, workers=0)
+    run_alignment(root, tmp_path / "sharded", FakeDetector, workers=0, shard_size=5, chunk_size=3)
+    raw = np.load(tmp_path / "one" / "images.npy")
+    assert [p.name for p in image_files(tmp_path / "sharded")] == [
+        "images-00000.npy", "images-00001.npy", "images-00002.npy"
+    ]  # fmt: skip
+    assert [len(np.load(p)) for p in image_files(tmp_path / "sharded")] == [5, 5, 2]
+    images = open_images(tmp_path / "sharded")
+    assert isinstance(images, ShardedImages) and images.shape == raw.shape and not images._maps
+    np.testing.assert_array_equal(images[[0, 4, 5, 11, -1]], raw[[0, 4, 5, 11, -1]])
+    assert set(images._maps) == {0, 1, 2}  # each shard mapped when first read
+    with pytest.raises(IndexError, match="row 12 out of range for a pack of 12"):
+        images[12]
+    ds = PackedFaces(tmp_path / "sharded")
+    torch.testing.assert_close(ds[7][0], PackedFaces(tmp_path / "one")[7][0])
+    assert pickle.loads(pickle.dumps(images))._maps == {}
+
+
+def test_write_images_replaces_another_layout(tmp_path):
+    blocks = [np.full((3, 2, 2, 3), k, np.uint8) for k in range(3)]
+    write_images(tmp_path, 9, (2, 2, 3), iter(blocks), shard_size=4)
+    assert len(image_files(tmp_path)) == 3
+    write_images(tmp_path, 9, (2, 2, 3), iter(blocks), shard_size=0)
+    assert [p.name for p in image_files(tmp_path)] == ["images.npy"]
+    np.testing.assert_array_equal(open_images(tmp_path)[:, 0, 0, 0], np.repeat([0, 1, 2], 3))
