@@ -81,10 +81,7 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
 
 def prepare_pair_images(pairs: Pairs, cfg: DictConfig) -> PairImages:
     """The aligned images of ``pairs`` with the ``align`` config's settings (cached)."""
-    kw = alignment_kwargs(cfg.align)
-    kw.pop("threads_per_worker")
-    kw.pop("chunk_size")
-    return align_pair_images(pairs, cfg.eval.cache_dir, **kw)
+    return align_pair_images(pairs, cfg.eval.cache_dir, **alignment_kwargs(cfg.align))
 
 
 def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:

@@ -38,8 +38,10 @@ def align_pair_images(
     settings: AlignSettings | None = None,
     detector_settings: dict | None = None,
     workers: int | None = None,
+    **options,
 ) -> PairImages:
-    """Align the unique images of ``pairs`` through the alignment stage, cached on disk.
+    """Align the unique images of ``pairs`` through the alignment stage, cached on disk
+    (``options``: more :func:`~face_rec.align.run.run_alignment` arguments, e.g. chunk_size).
 
     The cache pack is keyed by the image root and the image list; the alignment job's own resume
     key covers the settings, so a second evaluation does no detection.
@@ -63,6 +65,7 @@ def align_pair_images(
         workers=workers,
         sources=pairs.images,
         detector_settings=detector_settings,
+        **options,
     )
     rows = {r["source"]: r for r in read_manifest(pack / "manifest.csv")}
     images = open_images(pack)
