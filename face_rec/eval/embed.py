@@ -18,8 +18,10 @@ def embed_crops(
     device: str | torch.device = "cpu",
     flip: bool = True,
     progress: bool = False,
+    normalize: bool = True,
 ) -> np.ndarray:
-    """L2-normalised embeddings of aligned crops.
+    """L2-normalised embeddings of aligned crops (``normalize=False``: as the model outputs
+    them, e.g. to study embedding norms).
 
     Args:
         crops: (N, H, W, 3) uint8 RGB (a memory-mapped pack slice is fine).
@@ -28,7 +30,7 @@ def embed_crops(
     Crops are resized to ``model.input_size`` when the model has one and it differs.
 
     Returns:
-        (N, D) float32, unit rows.
+        (N, D) float32, unit rows unless ``normalize`` is False.
     """
     from tqdm import tqdm
 
@@ -45,7 +47,8 @@ def embed_crops(
             feats = model(x)
             if flip:
                 feats = feats + model(x.flip(3))
-            out.append(F.normalize(feats.float(), dim=1).cpu())
+            feats = feats.float()
+            out.append((F.normalize(feats, dim=1) if normalize else feats).cpu())
     finally:
         model.train(was_training)
     if not out:

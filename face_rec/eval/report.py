@@ -49,26 +49,21 @@ def write_metrics(path: Path, metrics: dict) -> None:
 
 def plot_roc(path: Path, curves: dict[str, dict], title: str = "ROC") -> None:
     """Save :func:`plot_roc_figure` as a PNG, atomically."""
-    import matplotlib.pyplot as plt
-
     fig = plot_roc_figure(curves, title)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 def plot_roc_figure(curves: dict[str, dict], title: str = "ROC"):
     """ROC curves on a log-FPR axis, with each curve's EER and TAR@FAR operating points marked.
 
     ``curves`` maps a label to a metrics dict holding ``roc`` (fpr, tpr), ``eer``, ``tar_at_far``.
-    Returns the matplotlib figure.
+    Returns the matplotlib figure (built without pyplot: no GUI backend, nothing to close).
     """
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
+    fig = Figure(figsize=(6, 5), dpi=120)
+    ax = fig.subplots()
     for label, m in curves.items():
         fpr, tpr = np.asarray(m["roc"]["fpr"]), np.asarray(m["roc"]["tpr"])
         (line,) = ax.plot(
