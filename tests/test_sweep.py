@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import yaml
 
 from face_rec.report import Run, aggregate, overlaps, read_published_roc, report
 
@@ -89,3 +91,20 @@ def test_published_roc_and_plain_run_dirs(tmp_path):
     assert summary["runs"] == 1 and (tmp_path / "out" / "roc_overlay.png").is_file()
     with pytest.raises(FileNotFoundError, match="no run directories"):
         report([tmp_path / "out" / "nothing"])
+
+
+def test_optuna_search_maximises_the_metric_train_py_returns(tiny, tmp_path):
+    out = tmp_path / "optuna"
+    _sweep(
+        tiny,
+        out,
+        "hparams_search=optuna_margin",
+        "head=cosface",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+    )
+    accs = [json.loads(p.read_text())["val/accuracy"] for p in out.glob("*/metrics.json")]
+    assert len(accs) == 3
+    best = yaml.safe_load((out / "optimization_results.yaml").read_text())
+    assert best["best_value"] == max(accs)
+    assert set(best["best_params"]) == {"head.loss.m", "head.loss.s", "optimizer.lr"}
