@@ -239,10 +239,12 @@ def write_report(runs: list[Run], out: Path, published: dict[str, Path] | None =
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     curves = {r.label: _curve(*r.roc) for r in runs if r.roc is not None}
+    groups = {r.label: r.setting for r in runs if r.roc is not None}  # seeds share a colour
     for name, path in (published or {}).items():
         curves[f"{name} (published)"] = _curve(*read_published_roc(path))
+        groups[f"{name} (published)"] = f"{name} (published)"
     if curves:
-        plot_roc(out / "roc_overlay.png", curves, title="ROC overlay")
+        plot_roc(out / "roc_overlay.png", curves, title="ROC overlay", groups=groups)
     return {"runs": len(runs), "settings": settings, "notes": notes}
 
 

@@ -47,35 +47,59 @@ def write_metrics(path: Path, metrics: dict) -> None:
     write_json(path, {k: v for k, v in metrics.items() if k not in ("scores", "roc")})
 
 
-def plot_roc(path: Path, curves: dict[str, dict], title: str = "ROC") -> None:
+def plot_roc(
+    path: Path, curves: dict[str, dict], title: str = "ROC", groups: dict[str, str] | None = None
+) -> None:
     """Save :func:`plot_roc_figure` as a PNG, atomically."""
-    fig = plot_roc_figure(curves, title)
+    fig = plot_roc_figure(curves, title, groups)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
 
 
-def plot_roc_figure(curves: dict[str, dict], title: str = "ROC"):
+_STYLES = ("-", "--", ":", "-.")
+
+
+def plot_roc_figure(
+    curves: dict[str, dict], title: str = "ROC", groups: dict[str, str] | None = None
+):
     """ROC curves on a log-FPR axis, with each curve's EER and TAR@FAR operating points marked.
 
     ``curves`` maps a label to a metrics dict holding ``roc`` (fpr, tpr), ``eer``, ``tar_at_far``.
-    Returns the matplotlib figure (built without pyplot: no GUI backend, nothing to close).
+    ``groups`` (label -> group, e.g. the setting of runs that differ only in seed) gives a group
+    one colour and its members different line styles. The FAR axis starts one decade below the
+    smallest non-zero FAR any curve reaches (what its negatives can resolve). Returns the
+    matplotlib figure (built without pyplot: no GUI backend, nothing to close).
     """
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 5), dpi=120)
+    groups = groups or {label: label for label in curves}
+    order = list(dict.fromkeys(groups[label] for label in curves))
+    palette = colormaps["tab10" if len(order) <= 10 else "tab20"]
+    fig = Figure(figsize=(6 if len(curves) <= 4 else 10, 5), dpi=120)
     ax = fig.subplots()
+    seen: dict[str, int] = {}
+    low = 1.0
     for label, m in curves.items():
         fpr, tpr = np.asarray(m["roc"]["fpr"]), np.asarray(m["roc"]["tpr"])
-        (line,) = ax.plot(
-            np.maximum(fpr, 1e-5),
+        if (fpr > 0).any():
+            low = min(low, float(fpr[fpr > 0].min()))
+        g = groups[label]
+        color = palette(order.index(g) % palette.N)
+        style = _STYLES[seen.get(g, 0) % len(_STYLES)]
+        seen[g] = seen.get(g, 0) + 1
+        ax.plot(
+            np.maximum(fpr, 1e-6),
             tpr,
-            lw=1.5,
+            style,
+            color=color,
+            lw=1.3,
             label=f"{label} (AUC {m['auc']:.4f}, EER {m['eer']:.2%})",
         )
-        ax.plot([m["eer"]], [1 - m["eer"]], "o", color=line.get_color(), ms=6)
+        ax.plot([m["eer"]], [1 - m["eer"]], "o", color=color, ms=5)
         for key, tar in m["tar_at_far"].items():
             if tar is not None:
-                ax.plot([float(key)], [tar], "s", color=line.get_color(), ms=5)
+                ax.plot([float(key)], [tar], "s", color=color, ms=5)
                 ax.annotate(
                     f"{tar:.3f}",
                     (float(key), tar),
@@ -84,12 +108,15 @@ def plot_roc_figure(curves: dict[str, dict], title: str = "ROC"):
                     fontsize=7,
                 )
     ax.set_xscale("log")
-    ax.set_xlim(1e-4, 1)
+    ax.set_xlim(max(10 ** (np.floor(np.log10(low)) - 1), 1e-6), 1)
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("false accept rate (log scale)")
     ax.set_ylabel("true accept rate")
     ax.set_title(f"{title}   (o EER, s TAR@FAR)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    if len(curves) <= 4:
+        ax.legend(loc="lower right", fontsize=8)
+    else:  # many runs: the legend beside the plot, not over the curves
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7)
     fig.tight_layout()
     return fig
