@@ -146,12 +146,12 @@ def distributions_figure(rp: RunPairs, norms: np.ndarray):
     a.set_ylabel("pairs")
     a.legend(fontsize=8)
     nb = np.linspace(low.min(), low.max(), 30)
-    for cls, name in ((True, "same"), (False, "different")):
+    for cls, name, color in ((True, "same", "C0"), (False, "different", "C1")):
         for good, style in ((True, "-"), (False, ":")):
             sel = ok & (same == cls) & (right == good)
             if sel.any():
-                b.hist(low[sel], nb, histtype="step", ls=style, lw=1.5,
-                       label=f"{name}, {'right' if good else 'wrong'} ({sel.sum()})")  # fmt: skip
+                label = f"{name}, {'right' if good else 'wrong'} ({sel.sum()})"
+                b.hist(low[sel], nb, histtype="step", ls=style, lw=1.5, color=color, label=label)
     b.set_xlabel("smaller embedding norm of the pair")
     b.legend(fontsize=8)
     fig.suptitle(f"{rp.run_dir}", fontsize=8)
