@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from face_rec import distributed as D
 from face_rec.data.augment import Augment
 from face_rec.models.partial_fc import PartialFC
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,6 +79,13 @@ class Trainer:
         self.augment, self.max_steps, self.hooks = augment, max_steps, list(hooks)
         self.device, self.precision, self.grad_clip = torch.device(device), precision, grad_clip
         self.accum_steps, self.num_workers = accum_steps, num_workers
+        if channels_last and self.device.type == "cpu" and _has_8_channel_conv(model):
+            log.warning(
+                "trainer.channels_last is off for this model: on CPU, torch's channels_last "
+                "backward of a convolution with 8 channels corrupts memory (seen with torch "
+                "2.14.1, iresnet18 model.width=0.125: 'free(): invalid next size')"
+            )
+            channels_last = False
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.weight = (
@@ -254,3 +264,9 @@ class Trainer:
         random.setstate(rng["python"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _has_8_channel_conv(model: nn.Module) -> bool:
+    return any(
+        isinstance(m, nn.Conv2d) and 8 in (m.in_channels, m.out_channels) for m in model.modules()
+    )

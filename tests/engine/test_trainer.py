@@ -261,3 +261,12 @@ def test_trains_from_a_folder_of_aligned_crops(tmp_path):
     assert trainer.dataset.num_classes == 3 and len(trainer.dataset) == 10
     with pytest.raises(ValueError, match="x.png is 50x50, expected an aligned 112x112 crop"):
         trainer.dataset[3]
+
+
+def test_channels_last_is_off_where_torch_cpu_would_corrupt_memory(pack, tmp_path):
+    """torch 2.14.1's CPU channels_last backward of an 8-channel conv corrupts the heap."""
+    narrow = _cfg(pack, tmp_path, "model=iresnet18", "model.width=0.125", "head=softmax")
+    trainer, losses = _run(narrow, tmp_path / "narrow")
+    assert trainer.memory_format == torch.contiguous_format and len(losses) == 3
+    wide = _cfg(pack, tmp_path, "model=iresnet18", "model.width=0.25", "head=softmax")
+    assert build_trainer(wide, tmp_path / "wide")[0].memory_format == torch.channels_last
