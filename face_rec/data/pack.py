@@ -57,15 +57,21 @@ class ShardedImages:
         return self._maps[k]
 
     def __getitem__(self, index):
-        if np.ndim(index) == 0:
+        if not isinstance(index, slice) and np.ndim(index) == 0:
             i = int(index)
             if not -len(self) <= i < len(self):
                 raise IndexError(f"row {i} out of range for a pack of {len(self)} images")
             i %= len(self)
             k = int(np.searchsorted(self.offsets, i, side="right")) - 1
             return self._shard(k)[i - self.offsets[k]]
-        rows = np.arange(len(self))[index]
-        return np.stack([self[i] for i in rows]) if len(rows) else np.empty((0, *self.shape[1:]))
+        if isinstance(index, slice):
+            rows = range(*index.indices(len(self)))
+        else:  # integer rows or a boolean mask, without materialising all N row numbers
+            index = np.asarray(index)
+            rows = np.flatnonzero(index) if index.dtype == bool else index.ravel()
+        if len(rows) == 0:
+            return np.empty((0, *self.shape[1:]), self.dtype)
+        return np.stack([self[i] for i in rows])
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_maps": {}}  # worker processes map their own

@@ -160,7 +160,8 @@ class Trainer:
         elapsed = time.perf_counter() - start
         wait = sum(m[2] for m in micro)
         if self.world > 1:  # the step's figures over all ranks
-            t = D.all_reduce(torch.tensor([float(np.sum(losses)), correct, seen, wait]))
+            figures = [float(np.sum(losses)), correct, seen, wait]
+            t = D.all_reduce(torch.tensor(figures, device=self.device))  # NCCL: device tensors
             losses = [t[0].item() / self.world / len(micro)]
             correct, seen, wait = t[1].item(), t[2].item(), t[3].item() / self.world
         has_accuracy = self.head is not None or bool(self.sharded)
