@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from facenet_pytorch import MTCNN
 
-from face_rec.align.mtcnn import detect_faces
+from face_rec.align.mtcnn import detect_faces, widen_first_layer
 
 SELECTION_METHODS = ("center_weighted_size", "largest", "probability")
 
@@ -102,8 +102,10 @@ class FaceDetector:
             factor=factor,
             device=torch.device(device),
         ).eval()
-        for net in (self.mtcnn.pnet, self.mtcnn.rnet, self.mtcnn.onet):
-            net.to(memory_format=torch.channels_last)
+        self.nets = [
+            widen_first_layer(net).to(memory_format=torch.channels_last).eval()
+            for net in (self.mtcnn.pnet, self.mtcnn.rnet, self.mtcnn.onet)
+        ]
 
     @torch.inference_mode()
     def detect(self, images: list[np.ndarray]) -> list[Face | None]:
@@ -124,9 +126,7 @@ class FaceDetector:
         for k, img in enumerate(images):
             batch[k, : img.shape[0], : img.shape[1]] = torch.from_numpy(img)
         batch = batch.to(m.device)
-        boxes, points = detect_faces(
-            batch, m.min_face_size, m.pnet, m.rnet, m.onet, m.thresholds, m.factor
-        )
+        boxes, points = detect_faces(batch, m.min_face_size, *self.nets, m.thresholds, m.factor)
         faces: list[Face | None] = []
         for b, pts, hw in zip(boxes, points, sizes, strict=True):
             if len(b) == 0:

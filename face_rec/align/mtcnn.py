@@ -11,6 +11,8 @@ table look-ups per cell, so the result equals the loop's up to float rounding.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from facenet_pytorch.models.utils.detect_face import (
@@ -25,12 +27,15 @@ from torch import nn
 
 
 def summed_area_table(imgs: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) uint8-valued -> (N, C, H + 1, W + 1) with ``S[..., y, x] = sum(img[..., :y,
-    :x])``: exact int32 sums while they fit (H x W x 255 < 2^31), else float64."""
-    n, c, h, w = imgs.shape
+    """(N, H, W, C) uint8-valued -> (N, H + 1, W + 1, C) with ``S[:, y, x] = sum(img[:, :y,
+    :x])``: exact int32 sums while they fit (H x W x 255 < 2^31), else float64.
+
+    Channels last, like the networks' input: crops and resized levels come out in that layout
+    without a copy."""
+    n, h, w, c = imgs.shape
     dtype = torch.int32 if h * w * 255 < 2**31 else torch.float64
-    table = torch.zeros(n, c, h + 1, w + 1, dtype=dtype, device=imgs.device)
-    table[:, :, 1:, 1:] = imgs.to(dtype).cumsum(2, dtype=dtype).cumsum(3, dtype=dtype)
+    table = torch.zeros(n, h + 1, w + 1, c, dtype=dtype, device=imgs.device)
+    table[:, 1:, 1:] = imgs.to(dtype).cumsum(1, dtype=dtype).cumsum(2, dtype=dtype)
     return table
 
 
@@ -41,19 +46,25 @@ def _cells(start, length, size: int) -> tuple[np.ndarray, np.ndarray]:
     return start + (j * length) // size, start - ((-(j + 1) * length) // size)
 
 
+def _mean(total: torch.Tensor, count, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Cell sums / cell sizes in float32 (correctly rounded while the sums are below 2^24)."""
+    count = torch.as_tensor(count, device=total.device).float()
+    return torch.div(total.float(), count[..., None], out=out)
+
+
 def area_resize(table: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
     """Whole images resized by area interpolation, from their summed-area table.
 
-    Equals ``interpolate(imgs, (out_h, out_w), mode="area")`` up to rounding. (N, C, oh, ow).
+    Equals ``interpolate(imgs, (out_h, out_w), mode="area")`` up to rounding:
+    (N, C, oh, ow) float32 in channels_last memory format.
     """
-    h, w = table.shape[2] - 1, table.shape[3] - 1
+    h, w = table.shape[1] - 1, table.shape[2] - 1
     (rs, re), (cs, ce) = _cells(0, h, out_h), _cells(0, w, out_w)
     dev = table.device
     rs, re, cs, ce = (torch.as_tensor(v, device=dev) for v in (rs, re, cs, ce))
-    rows = table.index_select(2, re) - table.index_select(2, rs)
-    total = rows.index_select(3, ce) - rows.index_select(3, cs)
-    count = (re - rs)[:, None] * (ce - cs)[None, :]
-    return total.double().div_(count).float()
+    rows = table.index_select(1, re) - table.index_select(1, rs)
+    total = rows.index_select(2, ce) - rows.index_select(2, cs)
+    return _mean(total, (re - rs)[:, None] * (ce - cs)[None, :]).permute(0, 3, 1, 2)
 
 
 def area_crops(
@@ -67,11 +78,13 @@ def area_crops(
     chunk: int = 512,
 ) -> torch.Tensor:
     """Crop rows [y0, y1) and columns [x0, x1) of image ``image_idx`` for every box and resize
-    each to ``size`` x ``size`` by area interpolation. Returns (B, C, size, size) float32."""
-    n_img, c, hp, wp = table.shape
-    flat = table.permute(0, 2, 3, 1).reshape(-1, c)  # one row of C sums per table cell
+    each to ``size`` x ``size`` by area interpolation.
+
+    Returns (B, C, size, size) float32 in channels_last memory format."""
+    n_img, hp, wp, c = table.shape
+    flat = table.view(-1, c)  # one row of C sums per table cell
     idx_img = image_idx.cpu().numpy()
-    out = []
+    out = torch.empty(len(y0), size, size, c, device=table.device)
     for s in range(0, len(y0), chunk):
         sl = slice(s, s + chunk)
         rs, re = _cells(y0[sl], y1[sl] - y0[sl], size)  # (B, size)
@@ -85,10 +98,13 @@ def area_crops(
         )
         idx = torch.as_tensor(corners.reshape(-1), device=table.device)
         v = flat.index_select(0, idx).view(*corners.shape, c)  # (4, B, size, size, C)
-        total = v[0] - v[1] - v[2] + v[3]
-        count = torch.as_tensor((re - rs)[:, :, None] * (ce - cs)[:, None, :], device=table.device)
-        out.append(total.double().div_(count[..., None]).float().permute(0, 3, 1, 2))
-    return torch.cat(out).contiguous(memory_format=torch.channels_last)
+        _mean(v[0] - v[1] - v[2] + v[3], (re - rs)[:, :, None] * (ce - cs)[:, None, :], out[sl])
+    return out.permute(0, 3, 1, 2)
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    """MTCNN's input scaling, (x - 127.5) / 128, in place."""
+    return x.sub_(127.5).mul_(0.0078125)
 
 
 def _stage_input(
@@ -100,7 +116,50 @@ def _stage_input(
     crops = area_crops(
         table, image_inds[torch.as_tensor(keep)], y[keep] - 1, ey[keep], x[keep] - 1, ex[keep], size
     )
-    return (crops - 127.5) * 0.0078125, torch.as_tensor(keep, device=boxes.device)
+    return _normalise(crops), torch.as_tensor(keep, device=boxes.device)
+
+
+def _forward(net: nn.Module, x: torch.Tensor, pixels: int = 2**16) -> tuple[torch.Tensor, ...]:
+    """``net(x)`` in slices of about ``pixels`` input pixels. On CPU a slice's activations stay in
+    cache (and below the allocator's mmap threshold): RNet and ONet run about twice as fast per
+    box as in one pass over thousands of boxes, PNet's largest pyramid levels ~1.5x."""
+    step = max(1, pixels // (x.shape[2] * x.shape[3]))
+    if step >= len(x):
+        return net(x)
+    outs = [net(x[s : s + step]) for s in range(0, len(x), step)]
+    return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
+
+
+def widen_first_layer(net: nn.Module, multiple: int = 16) -> nn.Module:
+    """A copy of an MTCNN network whose ``conv1`` has zero filters added up to a multiple of
+    ``multiple`` output channels (``conv2`` gets matching zero input weights).
+
+    Same outputs (the extra channels are 0 through PReLU and max-pooling, and weigh 0 in conv2);
+    on CPU, channels_last PReLU and max-pooling over 16 channels vectorise where 10 (PNet) or 28
+    (RNet) do not: several times faster for those two layers.
+    """
+    net = copy.deepcopy(net)
+    extra = -net.conv1.out_channels % multiple
+    if extra == 0:
+        return net
+    with torch.no_grad():
+        conv1, prelu1, conv2 = net.conv1, net.prelu1, net.conv2
+        net.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels + extra, conv1.kernel_size)
+        net.conv1.weight.copy_(_pad(conv1.weight, 0, extra))
+        net.conv1.bias.copy_(_pad(conv1.bias, 0, extra))
+        net.prelu1 = nn.PReLU(conv1.out_channels + extra)
+        net.prelu1.weight.copy_(_pad(prelu1.weight, 0, extra))
+        net.conv2 = nn.Conv2d(conv2.in_channels + extra, conv2.out_channels, conv2.kernel_size)
+        net.conv2.weight.copy_(_pad(conv2.weight, 1, extra))
+        net.conv2.bias.copy_(conv2.bias)
+    return net.to(conv1.weight.device)
+
+
+def _pad(t: torch.Tensor, dim: int, extra: int) -> torch.Tensor:
+    """``t`` with ``extra`` zero slices appended along ``dim``."""
+    shape = list(t.shape)
+    shape[dim] = extra
+    return torch.cat([t, t.new_zeros(shape)], dim)
 
 
 def _pyramid(h: int, w: int, minsize: float, factor: float) -> list[float]:
@@ -130,14 +189,12 @@ def detect_faces(
     facenet-pytorch's ``detect_face``.
     """
     dev = imgs.device
-    imgs = imgs.permute(0, 3, 1, 2).float()
-    n, _, h, w = imgs.shape
+    n, h, w, _ = imgs.shape
     table = summed_area_table(imgs)
     boxes, image_inds, picks, offset = [], [], [], 0
     for scale in _pyramid(h, w, minsize, factor):
         im_data = area_resize(table, int(h * scale + 1), int(w * scale + 1))
-        im_data = im_data.contiguous(memory_format=torch.channels_last)
-        reg, probs = pnet((im_data - 127.5) * 0.0078125)
+        reg, probs = _forward(pnet, _normalise(im_data))
         b, inds = generateBoundingBox(reg, probs[:, 1], scale, threshold[0])
         boxes.append(b)
         image_inds.append(inds)
@@ -165,7 +222,7 @@ def detect_faces(
     if len(boxes):  # stage 2: RNet refines
         x24, keep = _stage_input(table, boxes, image_inds, w, h, 24)
         boxes, image_inds = boxes[keep], image_inds[keep]
-        reg, prob = rnet(x24)
+        reg, prob = _forward(rnet, x24)
         score = prob[:, 1]
         ipass = score > threshold[1]
         boxes = torch.cat((boxes[ipass, :4], score[ipass, None]), dim=1)
@@ -176,7 +233,7 @@ def detect_faces(
     if len(boxes):  # stage 3: ONet scores, refines and finds the 5 landmarks
         x48, keep = _stage_input(table, boxes, image_inds, w, h, 48)
         boxes, image_inds = boxes[keep], image_inds[keep]
-        reg, lms, prob = onet(x48)
+        reg, lms, prob = _forward(onet, x48)
         score = prob[:, 1]
         ipass = score > threshold[2]
         boxes = torch.cat((boxes[ipass, :4], score[ipass, None]), dim=1)
