@@ -147,6 +147,22 @@ def test_interrupted_job_resumes_to_the_identical_pack(tmp_path):
     assert not (tmp_path / "resumed" / ".parts").exists()
 
 
+def test_resume_with_another_chunk_size_starts_over_instead_of_misreading_parts(tmp_path):
+    root = _tree(tmp_path / "in", n_ids=6, per_id=5)
+    run_alignment(root, tmp_path / "whole", FakeDetector, workers=0, chunk_size=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_alignment(root, tmp_path / "resumed", _interrupting(7), workers=0, chunk_size=4)
+    assert list((tmp_path / "resumed" / ".parts").glob("*.npz"))
+
+    summary = run_alignment(root, tmp_path / "resumed", FakeDetector, workers=0, chunk_size=3)
+    assert summary["this_run"]["resumed_images"] == 0
+    assert summary["counts"]["ok"] + summary["counts"]["fallback"] == 30
+    for name in ("images.npy", "manifest.csv"):
+        assert (tmp_path / "whole" / name).read_bytes() == (
+            tmp_path / "resumed" / name
+        ).read_bytes()
+
+
 def test_complete_pack_is_not_redone_but_new_settings_are(tmp_path):
     root = _tree(tmp_path / "in", n_ids=2, per_id=2)
     first = run_alignment(root, tmp_path / "pack", FakeDetector, workers=0)
