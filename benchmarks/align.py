@@ -6,9 +6,10 @@ The baseline decodes each file with PIL and calls ``MTCNN.detect(img, landmarks=
 at a time in this one process (torch's default threads), then chooses the face and warps it, as a
 plain script would. face_rec runs ``run_alignment`` (worker processes, channels_last MTCNN,
 same-size batches) with the same MTCNN settings, writing a real pack, on the first ``--n`` files
-(its fixed start-up, about 3 s for two worker processes, is included: use a realistic job size).
+(its fixed start-up, about 0.5 s with forked workers, is included: use a realistic job size).
 The baseline's per-image cost does not depend on the job size, so it runs on the first
-``--n-baseline`` of those files to save time. Medians of ``--repeats`` runs, one JSON line.
+``--n-baseline`` of those files to save time. Medians of ``--repeats`` runs, baseline and face_rec
+interleaved (this VM's speed drifts by 10-20% over minutes), one JSON line.
 """
 
 from __future__ import annotations
@@ -68,8 +69,10 @@ def main() -> None:
     n = min(args.n, len(files))
     sources = [f.source for f in files[: args.n_baseline]]
     mfs = MIN_FACE[args.dataset]
-    base = [baseline(root, sources, mfs) for _ in range(args.repeats)]
-    mine = [ours(root, n, mfs) for _ in range(args.repeats)]
+    base, mine = [], []
+    for _ in range(args.repeats):  # interleaved: both see the machine in the same state
+        base.append(baseline(root, sources, mfs))
+        mine.append(ours(root, n, mfs))
     b, m = statistics.median(base), statistics.median(mine)
     print(
         json.dumps(
