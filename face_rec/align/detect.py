@@ -102,10 +102,8 @@ class FaceDetector:
             factor=factor,
             device=torch.device(device),
         ).eval()
-        self.nets = [
-            widen_first_layer(net).to(memory_format=torch.channels_last).eval()
-            for net in (self.mtcnn.pnet, self.mtcnn.rnet, self.mtcnn.onet)
-        ]
+        nets = (widen_first_layer(self.mtcnn.pnet), self.mtcnn.rnet, self.mtcnn.onet)
+        self.nets = [net.to(memory_format=torch.channels_last).eval() for net in nets]
 
     @torch.inference_mode()
     def detect(self, images: list[np.ndarray]) -> list[Face | None]:

@@ -36,7 +36,7 @@ def test_area_crops_equal_the_per_box_loop(imgs):
 
 @pytest.mark.parametrize("dataset, min_face", [("lfw", 20), ("celeba299", 16)])
 def test_same_faces_as_facenet_pytorch(data_root, dataset, min_face):
-    """Our cascade with FaceDetector's networks (channels_last, widened conv1, sliced batches)
+    """Our cascade with FaceDetector's networks (channels_last, PNet widened, sliced batches)
     finds the boxes and landmarks of facenet-pytorch's ``detect_face`` on real photos."""
     from facenet_pytorch.models.utils.detect_face import detect_face
     from PIL import Image
