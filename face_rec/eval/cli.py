@@ -55,7 +55,7 @@ def checkpoint_training_identities(path: str | Path) -> set[str] | None:
     from face_rec.data.train_set import read_people
     from face_rec.utils.checkpoint import load_checkpoint
 
-    data = (load_checkpoint(path).get("config") or {}).get("train_data") or {}
+    data = (load_checkpoint(path, mmap=True).get("config") or {}).get("train_data") or {}
     if data.get("aligned_folder"):
         return training_identities(data["aligned_folder"])
     names: set[str] = set()

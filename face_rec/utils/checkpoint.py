@@ -23,13 +23,19 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict; a clear error for a missing or unreadable file."""
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict[str, Any]:
+    """Load a checkpoint dict; a clear error for a missing or unreadable file.
+
+    ``mmap=True`` maps the tensors instead of reading them: a caller that wants only ``config``
+    then reads a few pages, not a Partial FC head of millions of centres.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as e:
         raise ValueError(
             f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {e})"

@@ -228,6 +228,9 @@ def test_full_run_writes_checkpoints_metrics_and_validation(pack, tmp_path):
     assert {"model", "head", "optimizer", "scheduler", "scaler", "rng", "trainer", "config"} <= set(
         ckpt
     )
+    mapped = load_checkpoint(out / "checkpoints" / "last.pt", mmap=True)  # read lazily
+    assert mapped["config"] == ckpt["config"]
+    assert all(torch.equal(mapped["model"][k], v) for k, v in ckpt["model"].items())
     from face_rec.eval.cli import checkpoint_training_identities
 
     ids = checkpoint_training_identities(out / "checkpoints" / "last.pt")
