@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("wrong_face_check"),
+        default=Path("logs/wrong_face_check"),
         help="folder for flagged.png (relative to where you run)",
     )
     args = p.parse_args()
