@@ -120,11 +120,12 @@ def _stage_input(
 
 
 def _forward(net: nn.Module, x: torch.Tensor, pixels: int = 2**16) -> tuple[torch.Tensor, ...]:
-    """``net(x)`` in slices of about ``pixels`` input pixels. On CPU a slice's activations stay in
-    cache (and below the allocator's mmap threshold): RNet and ONet run about twice as fast per
-    box as in one pass over thousands of boxes, PNet's largest pyramid levels ~1.5x."""
+    """``net(x)``, on CPU in slices of about ``pixels`` input pixels: a slice's activations stay
+    in cache (and below the allocator's mmap threshold), so RNet and ONet run about twice as fast
+    per box as in one pass over thousands of boxes, PNet's largest pyramid levels ~1.5x. A GPU
+    takes the whole batch at once."""
     step = max(1, pixels // (x.shape[2] * x.shape[3]))
-    if step >= len(x):
+    if x.device.type != "cpu" or step >= len(x):
         return net(x)
     outs = [net(x[s : s + step]) for s in range(0, len(x), step)]
     return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))

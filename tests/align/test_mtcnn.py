@@ -83,3 +83,18 @@ def test_widened_network_gives_the_same_outputs(name):
     with torch.no_grad():
         for got, ref in zip(wide(x), net(x), strict=True):
             torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_networks_run_in_slices_give_the_whole_batch_outputs():
+    from facenet_pytorch import MTCNN
+
+    from face_rec.align.mtcnn import _forward
+
+    rnet = MTCNN().rnet.eval()
+    x = torch.randn(37, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = rnet(x)
+        sliced = _forward(rnet, x, pixels=5 * 24 * 24)  # slices of 5 boxes, the last of 2
+    assert len(sliced) == len(whole) == 2
+    for got, ref in zip(sliced, whole, strict=True):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
