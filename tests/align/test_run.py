@@ -226,3 +226,21 @@ def test_degenerate_landmarks_fall_back_with_the_reason(tmp_path):
     )
     images = np.load(tmp_path / "pack" / "images.npy")
     assert np.isfinite(images).all() and images.std() > 0
+
+
+def test_workers_are_forked_only_where_that_is_safe(monkeypatch):
+    import sys
+
+    import torch
+
+    from face_rec.align.run import _start_method
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert _start_method(1) == "fork"
+    assert _start_method(2) == "spawn"  # OpenMP's thread pool does not survive fork
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert _start_method(1) == "spawn"  # a forked child cannot use the parent's CUDA
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert _start_method(1) == "spawn"
