@@ -38,6 +38,7 @@ from face_rec.data.pack import (
     MANIFEST_COLUMNS,
     SUMMARY_NAME,
     open_images,
+    read_manifest,
     read_summary,
     write_images,
     write_manifest,
@@ -50,6 +51,7 @@ PARTS_DIR = ".parts"
 #: bump when a code change alters the crops: packs made by other code are then rebuilt
 ALIGN_VERSION = 3
 THUMB = 112  # side of the source thumbnails kept for the fallback contact sheet
+CHUNK_SIZE = 128  #: default files per chunk (a resumable part; detected together by size)
 
 
 @dataclass(frozen=True)
@@ -305,7 +307,7 @@ def run_alignment(
     settings: AlignSettings | None = None,
     workers: int | None = None,
     threads_per_worker: int = 1,
-    chunk_size: int = 128,
+    chunk_size: int = CHUNK_SIZE,
     limit: int | None = None,
     detector_settings: dict | None = None,
     seed: int = 0,
@@ -374,6 +376,27 @@ def run_alignment(
     write_json(output_dir / SUMMARY_NAME, summary)
     shutil.rmtree(parts)
     return summary
+
+
+def current_pack(
+    input_dir: str | Path,
+    output_dir: str | Path,
+    settings: AlignSettings | None = None,
+    detector_settings: dict | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> dict | None:
+    """The summary of the complete pack in ``output_dir`` when :func:`run_alignment` with these
+    arguments would leave it as it is: made from ``input_dir`` with the same settings, and none
+    of its files changed since (sizes and modification times); else None."""
+    summary = read_summary(output_dir)
+    if summary is None or Path(summary["input_dir"]).resolve() != Path(input_dir).resolve():
+        return None
+    rows = read_manifest(Path(output_dir) / "manifest.csv")
+    files = [InputFile(r["source"], r["identity"]) for r in rows]
+    key = _resume_key(
+        Path(input_dir), files, settings or AlignSettings(), detector_settings or {}, chunk_size
+    )
+    return summary if summary["key"] == key else None
 
 
 def _execute(

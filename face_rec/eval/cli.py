@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from face_rec.align.cli import alignment_kwargs
-from face_rec.data.pack import read_manifest, read_summary
+from face_rec.data.pack import SUMMARY_NAME, read_manifest, read_summary
 from face_rec.data.pairs import Pairs, load_pairs
 from face_rec.eval.report import plot_roc, write_metrics, write_roc, write_scores
 from face_rec.eval.verification import (
@@ -80,8 +80,11 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
 
 
 def prepare_pair_images(pairs: Pairs, cfg: DictConfig) -> PairImages:
-    """The aligned images of ``pairs`` with the ``align`` config's settings (cached)."""
-    return align_pair_images(pairs, cfg.eval.cache_dir, **alignment_kwargs(cfg.align))
+    """The aligned images of ``pairs`` with the ``align`` config's settings: read from a dataset
+    pack under ``paths.pack_dir`` that holds them all (``python align.py data=lfw`` made one),
+    else aligned once into ``eval.cache_dir``."""
+    packs = sorted(p.parent for p in Path(cfg.paths.pack_dir).glob(f"*/{SUMMARY_NAME}"))
+    return align_pair_images(pairs, cfg.eval.cache_dir, reuse=packs, **alignment_kwargs(cfg.align))
 
 
 def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:

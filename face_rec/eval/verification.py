@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from torch import nn
 
-from face_rec.align.run import AlignSettings, run_alignment
+from face_rec.align.run import CHUNK_SIZE, AlignSettings, current_pack, run_alignment
 from face_rec.data.pack import open_images, read_manifest
 from face_rec.data.pairs import Pairs
 from face_rec.eval import metrics as M
@@ -38,13 +38,16 @@ def align_pair_images(
     settings: AlignSettings | None = None,
     detector_settings: dict | None = None,
     workers: int | None = None,
+    reuse: Sequence[str | Path] = (),
     **options,
 ) -> PairImages:
     """Align the unique images of ``pairs`` through the alignment stage, cached on disk
     (``options``: more :func:`~face_rec.align.run.run_alignment` arguments, e.g. chunk_size).
 
-    The cache pack is keyed by the image root and the image list; the alignment job's own resume
-    key covers the settings, so a second evaluation does no detection.
+    A pack among ``reuse`` (e.g. ``packs/lfw``) that holds every pair image, made from the same
+    image root with the same settings and with no file changed since, is read instead of
+    aligning again. Otherwise the cache pack is keyed by the image root and the image list; the
+    alignment job's own resume key covers the settings, so a second evaluation does no detection.
     """
     if pairs.crops is not None:  # .bin: already aligned
         n = len(pairs.crops)
@@ -55,22 +58,31 @@ def align_pair_images(
             f"image root {str(root)!r} of {pairs.source} does not exist; pass image_root=<folder "
             "the pair paths are relative to> (or set FACE_REC_DATA)"
         )
-    digest = hashlib.sha256("\n".join([str(root), *sorted(pairs.images)]).encode()).hexdigest()
-    pack = Path(cache_dir) / f"{Path(pairs.source).stem}-{digest[:12]}"
-    summary = run_alignment(
-        root,
-        pack,
-        make_detector,
-        settings,
-        workers=workers,
-        sources=pairs.images,
-        detector_settings=detector_settings,
-        **options,
-    )
-    rows = {r["source"]: r for r in read_manifest(pack / "manifest.csv")}
+    chunk_size = options.get("chunk_size", CHUNK_SIZE)
+    pack, rows = None, {}
+    for candidate in reuse:
+        if current_pack(root, candidate, settings, detector_settings, chunk_size) is not None:
+            rows = {r["source"]: r for r in read_manifest(Path(candidate) / "manifest.csv")}
+            if all(src in rows for src in pairs.images):
+                pack = Path(candidate)
+                log.info("pair images of %s read from the pack %s", pairs.source, pack)
+                break
+    if pack is None:
+        digest = hashlib.sha256("\n".join([str(root), *sorted(pairs.images)]).encode()).hexdigest()
+        pack = Path(cache_dir) / f"{Path(pairs.source).stem}-{digest[:12]}"
+        run_alignment(
+            root,
+            pack,
+            make_detector,
+            settings,
+            workers=workers,
+            sources=pairs.images,
+            detector_settings=detector_settings,
+            **options,
+        )
+        rows = {r["source"]: r for r in read_manifest(pack / "manifest.csv")}
     images = open_images(pack)
-    size = summary["image_shape"][0]
-    crops = np.zeros((len(pairs.images), size, size, 3), np.uint8)
+    crops = np.zeros((len(pairs.images), *images.shape[1:]), np.uint8)
     problems, fallback = [], np.zeros(len(pairs.images), bool)
     for k, src in enumerate(pairs.images):
         row = rows[src]

@@ -35,6 +35,7 @@ def _cfg(tmp_path, lfw_root, pairs, calib, *extra):
                 f"pairs={pairs}",
                 f"calibration_pairs={calib}",
                 f"eval.cache_dir={tmp_path}/cache",
+                f"paths.pack_dir={tmp_path}/packs",  # no dataset pack of the developer's is read
                 "model=mobilefacenet",
                 "model.input_size=64",
                 "eval.n_bootstrap=50",

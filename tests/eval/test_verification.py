@@ -127,3 +127,48 @@ def test_leakage_names_shared_identities():
     pairs = _pairs(root="x")
     assert leaked_identities(pairs, {"id1", "zed"}) == ["id1"]
     assert leaked_identities(pairs, {"zed"}) == []
+
+
+def test_pair_images_are_read_from_a_current_dataset_pack(tmp_path):
+    import os
+
+    from face_rec.align.run import AlignSettings, run_alignment
+    from face_rec.data.pack import open_images, read_manifest
+    from face_rec.eval.verification import align_pair_images
+
+    from ..align.test_run import FakeDetector, _interrupting, _tree
+
+    root = _tree(tmp_path / "in", n_ids=3, per_id=2)
+    dataset = tmp_path / "packs" / "ds"
+    run_alignment(root, dataset, FakeDetector, workers=0)
+    images = ["id00/img0.png", "id00/img1.png", "id02/img1.png"]
+    pairs = Pairs(
+        images=images,
+        left=np.array([0, 0]),
+        right=np.array([1, 2]),
+        same=np.array([True, False]),
+        fold=np.full(2, -1),
+        protocol="csv",
+        source="p.csv",
+        root=str(root),
+    )
+    never = _interrupting(0)  # a detector that stops the test if anything is detected
+    reuse = [tmp_path / "packs" / "absent", dataset]
+    got = align_pair_images(pairs, tmp_path / "cache", never, workers=0, reuse=reuse)
+    rows = {r["source"]: r for r in read_manifest(dataset / "manifest.csv")}
+    ref = open_images(dataset)
+    for k, src in enumerate(images):
+        np.testing.assert_array_equal(got.crops[k], ref[rows[src]["image_index"]])
+        assert got.fallback[k] == (rows[src]["status"] == "fallback")
+    assert got.fallback.any() and not got.fallback.all()  # both kinds of row were read
+    assert not (tmp_path / "cache").exists()
+
+    with pytest.raises(KeyboardInterrupt):  # other settings: the pack is not this alignment
+        align_pair_images(
+            pairs, tmp_path / "cache", never, AlignSettings(size=96), workers=0, reuse=reuse
+        )
+    os.utime(root / "id02" / "img1.png", ns=(10**9, 10**9))  # a source changed since
+    with pytest.raises(KeyboardInterrupt):
+        align_pair_images(pairs, tmp_path / "cache", never, workers=0, reuse=reuse)
+    run = align_pair_images(pairs, tmp_path / "cache", FakeDetector, workers=0, reuse=reuse)
+    np.testing.assert_array_equal(run.crops, got.crops)  # aligned afresh: the same crops
