@@ -3,8 +3,8 @@ it gets most wrong (as images) and the score and embedding-norm distributions pe
 
 A training run directory holds ``config.yaml``, ``metrics.json``, ``scores.csv`` (the final
 validation, one row per pair) and ``checkpoints/last.pt``; the pair images come from the
-alignment cache the run used (no detection runs again). Paths in the config are relative to the
-directory ``train.py`` ran in (the repository root).
+dataset pack or alignment cache the run used (no detection runs again). Paths in the config are
+relative to the directory ``train.py`` ran in (the repository root).
 """
 
 from __future__ import annotations

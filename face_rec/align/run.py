@@ -384,10 +384,10 @@ def current_pack(
     settings: AlignSettings | None = None,
     detector_settings: dict | None = None,
     chunk_size: int = CHUNK_SIZE,
-) -> dict | None:
-    """The summary of the complete pack in ``output_dir`` when :func:`run_alignment` with these
-    arguments would leave it as it is: made from ``input_dir`` with the same settings, and none
-    of its files changed since (sizes and modification times); else None."""
+) -> list[dict] | None:
+    """The manifest rows of the complete pack in ``output_dir`` when :func:`run_alignment` with
+    these arguments would leave it as it is: made from ``input_dir`` with the same settings, and
+    none of its files changed since (sizes and modification times); else None."""
     summary = read_summary(output_dir)
     if summary is None or Path(summary["input_dir"]).resolve() != Path(input_dir).resolve():
         return None
@@ -396,7 +396,7 @@ def current_pack(
     key = _resume_key(
         Path(input_dir), files, settings or AlignSettings(), detector_settings or {}, chunk_size
     )
-    return summary if summary["key"] == key else None
+    return rows if summary["key"] == key else None
 
 
 def _execute(

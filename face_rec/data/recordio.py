@@ -187,12 +187,12 @@ class RecordDataset(Dataset):
         key = int(self.keys[i])
         _, data = unpack_payload(self.read(key))
         try:
-            img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+            img = np.array(Image.open(io.BytesIO(data)).convert("RGB"))  # one writable copy
         except Exception as e:
             raise RecordIOError(
                 f"{self.rec_path}: record {key} is not a readable image: {e}"
             ) from e
-        return torch.from_numpy(img.copy()).permute(2, 0, 1), int(self.labels[i])
+        return torch.from_numpy(img).permute(2, 0, 1), int(self.labels[i])
 
 
 # ------------------------------------------------------------------ writer

@@ -61,12 +61,12 @@ def align_pair_images(
     chunk_size = options.get("chunk_size", CHUNK_SIZE)
     pack, rows = None, {}
     for candidate in reuse:
-        if current_pack(root, candidate, settings, detector_settings, chunk_size) is not None:
-            rows = {r["source"]: r for r in read_manifest(Path(candidate) / "manifest.csv")}
-            if all(src in rows for src in pairs.images):
-                pack = Path(candidate)
-                log.info("pair images of %s read from the pack %s", pairs.source, pack)
-                break
+        manifest = current_pack(root, candidate, settings, detector_settings, chunk_size) or []
+        rows = {r["source"]: r for r in manifest}
+        if manifest and all(src in rows for src in pairs.images):
+            pack = Path(candidate)
+            log.info("pair images of %s read from the pack %s", pairs.source, pack)
+            break
     if pack is None:
         digest = hashlib.sha256("\n".join([str(root), *sorted(pairs.images)]).encode()).hexdigest()
         pack = Path(cache_dir) / f"{Path(pairs.source).stem}-{digest[:12]}"

@@ -32,6 +32,16 @@ def shard_range(num_classes: int, rank: int, world: int) -> tuple[int, int]:
     return start, start + base + (rank < extra)
 
 
+def _row_max_and_target(values: torch.Tensor, labels: torch.Tensor):
+    """For columns split across ranks: each row's maximum over all ranks' columns, each row's
+    value at its class column (held by one rank), and the rows whose class is on this rank."""
+    top = D.all_reduce(values.max(1).values.clone(), "max")
+    rows = (labels >= 0).nonzero().squeeze(1)
+    target = torch.zeros_like(top)
+    target[rows] = values[rows, labels[rows]]
+    return top, D.all_reduce(target), rows
+
+
 class _ShardedCrossEntropy(torch.autograd.Function):
     """Cross-entropy over logits split by columns across ranks. ``labels``: the column of each
     row's class on this rank, -1 where it is on another. Returns the loss of rows [start, start+n).
@@ -39,13 +49,9 @@ class _ShardedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, start: int, n: int):
-        top = D.all_reduce(logits.max(1).values.clone(), "max")
+        top, target, rows = _row_max_and_target(logits, labels)
         e = (logits - top[:, None]).exp_()
         total = D.all_reduce(e.sum(1))
-        rows = (labels >= 0).nonzero().squeeze(1)
-        target = torch.zeros_like(top)
-        target[rows] = logits[rows, labels[rows]]
-        D.all_reduce(target)
         loss = total.log() + top - target
         ctx.save_for_backward(e.div_(total[:, None]), rows, labels)
         ctx.start, ctx.n = start, n
@@ -120,11 +126,8 @@ class PartialFC(nn.Module):
 
     @staticmethod
     def _accuracy(cos: torch.Tensor, local: torch.Tensor) -> float:
-        best = D.all_reduce(cos.max(1).values.clone(), "max")
-        rows = (local >= 0).nonzero().squeeze(1)
-        target = torch.zeros_like(best)
-        target[rows] = cos[rows, local[rows]]
-        return float((D.all_reduce(target) >= best).float().mean())
+        best, target, _ = _row_max_and_target(cos, local)
+        return float((target >= best).float().mean())
 
     # ---------------------------------------------------------------- checkpoints (full matrix)
 
