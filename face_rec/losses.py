@@ -68,22 +68,45 @@ class CosFaceLoss(MarginSoftmax):
 class CombinedMarginLoss(MarginSoftmax):
     """Combined margin (ArcFace paper, Eq. 4): psi(theta) = cos(m1 theta + m2) - m3.
 
-    ``m2`` is an angle in radians, ``m3`` a cosine offset. Where m1 theta + m2 > pi the cosine
-    would turn back up (a larger angle would get a larger logit); there psi(theta) =
-    cos(theta) - m3 - m2 sin(m2), insightface's fallback, which keeps psi decreasing.
-    ArcFace is (1, m, 0); CosFace is (1, 0, m).
+    ``m1`` is multiplicative (SphereFace's), ``m2`` an angle in radians (ArcFace's), ``m3`` a
+    cosine offset (CosFace's). Past m1 theta + m2 = pi the cosine would turn back up (a larger
+    angle would get a larger logit), so psi is continued to stay decreasing on [0, pi]:
+
+    - m1 = 1 (ArcFace, CosFace and their mix): insightface's fallback,
+      psi(theta) = cos(theta) - m3 - m2 sin(m2) for theta > pi - m2.
+    - m1 != 1: SphereFace's continuation of the angle a = m1 theta + m2 over a in
+      [k pi, (k + 1) pi]: psi = (-1)^k cos(a) - 2k - m3. (insightface's constant fallback is
+      not monotone there: for (1.35, 0, 0) it jumps up by 0.4 at theta = pi / m1.)
+
+    ArcFace is (1, m, 0); CosFace is (1, 0, m); the paper also tries (0.9, 0.4, 0.15).
+    Admissible: m1 > 0 and 0 <= m2 < pi / 2; psi is then decreasing on [0, pi].
     """
 
     def __init__(self, s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0) -> None:
         super().__init__(s)
+        if m1 <= 0 or not 0 <= m2 < math.pi / 2:
+            raise ValueError(
+                f"combined margin (m1={m1}, m2={m2}, m3={m3}): need m1 > 0 and 0 <= m2 < pi/2 "
+                "radians (m2 is an angle: 0.5 = 28.6 degrees); outside that psi(theta) cannot "
+                "be kept decreasing"
+            )
         self.m1, self.m2, self.m3 = m1, m2, m3
 
     def psi(self, cos_y: torch.Tensor) -> torch.Tensor:
         theta = torch.acos(cos_y.clamp(-1 + 1e-7, 1 - 1e-7))
         angle = self.m1 * theta + self.m2
-        margin = torch.cos(angle) - self.m3
+        if self.m1 != 1.0:
+            return monotone_cos(angle) - self.m3
         fallback = cos_y - self.m3 - self.m2 * math.sin(self.m2)
-        return torch.where(angle <= math.pi, margin, fallback)
+        return torch.where(angle <= math.pi, torch.cos(angle) - self.m3, fallback)
+
+
+def monotone_cos(angle: torch.Tensor) -> torch.Tensor:
+    """cos(a) continued to decrease past pi: (-1)^k cos(a) - 2k for a in [k pi, (k + 1) pi]
+    (SphereFace's psi). Continuous, equal to cos(a) on [0, pi]."""
+    k = torch.floor(angle / math.pi)
+    sign = 1.0 - 2.0 * torch.remainder(k, 2)
+    return sign * torch.cos(angle) - 2.0 * k
 
 
 class ArcFaceLoss(CombinedMarginLoss):
@@ -107,16 +130,16 @@ class SphereFaceLoss(MarginSoftmax):
 
     def psi(self, cos_y: torch.Tensor) -> torch.Tensor:
         theta = torch.acos(cos_y.clamp(-1 + 1e-7, 1 - 1e-7))
-        k = torch.floor(self.m * theta / math.pi)
-        sign = 1.0 - 2.0 * torch.remainder(k, 2)
-        psi = sign * torch.cos(self.m * theta) - 2.0 * k
-        return (psi + self.lam * cos_y) / (1.0 + self.lam)
+        return (monotone_cos(self.m * theta) + self.lam * cos_y) / (1.0 + self.lam)
 
 
 class CurricularFaceLoss(nn.Module):
-    """CurricularFace (Huang et al. 2020): ArcFace target psi(theta_y) = cos(theta_y + m), and
-    hard negatives (cos theta_j > psi(theta_y)) re-weighted to cos theta_j (t + cos theta_j),
-    where t is a running mean of cos theta_y (momentum 0.01): easy samples first, hard ones later.
+    """CurricularFace (Huang et al. 2020): ArcFace target psi(theta_y) = cos(theta_y + m) (with
+    insightface's fallback past pi - m), and hard negatives re-weighted to
+    cos theta_j (t + cos theta_j), where t is a running mean of cos theta_y (momentum 0.01):
+    easy samples first, hard ones later. A negative is hard when cos theta_j > cos(theta_y + m),
+    the plain cosine without the fallback, as in the official code (``mask = cos_theta >
+    cos_theta_m``).
 
     t is a buffer (state), not a learned parameter; it is saved in checkpoints.
     """
@@ -134,7 +157,8 @@ class CurricularFaceLoss(nn.Module):
         if self.training:
             with torch.no_grad():
                 self.t.mul_(1 - self.momentum).add_(self.momentum * cos_y.mean())
-        hard = cos > target
+        theta_y = torch.acos(cos_y.clamp(-1 + 1e-7, 1 - 1e-7))
+        hard = cos > torch.cos(theta_y + self.arc.m2)
         cos = torch.where(hard, cos * (self.t + cos), cos)
         logits = self.s * cos.scatter(1, labels[:, None], target)
         return F.cross_entropy(logits, labels, reduction="none")

@@ -134,10 +134,55 @@ def test_curricularface_reference_and_running_t():
         target = _arc_psi(0.5)(float(cos[i, y]))
         row = []
         for j, c in enumerate(cos[i].tolist()):
-            row.append(64 * (target if j == y else (c * (t + c) if c > target else c)))
+            hard = c > math.cos(math.acos(float(cos[i, y])) + 0.5)  # official: no fallback
+            row.append(64 * (target if j == y else (c * (t + c) if hard else c)))
         rows.append(row)
     torch.testing.assert_close(got, _ce_loop(rows, labels.tolist()).float(), atol=2e-4, rtol=1e-4)
     assert not any(p.requires_grad for p in loss.parameters())
+
+
+def test_curricularface_hard_negatives_use_the_plain_cos_theta_plus_m():
+    """theta_y + m > pi: the target takes the fallback, the hard-negative rule does not."""
+    m = 0.5
+    cos = torch.tensor([[-0.95, -0.99, -1.0]])
+    labels = torch.tensor([0])
+    loss = L.CurricularFaceLoss(s=1, m=m, momentum=0.0)
+    loss.t.fill_(0.5)
+    plain = math.cos(math.acos(-0.95) + m)  # -0.983: cos(theta + m) turned back up
+    fallback = -0.95 - m * math.sin(m)  # -1.19: the target logit
+    c1, c2 = float(cos[0, 1]), float(cos[0, 2])
+    assert fallback < c1 < plain and fallback < c2 < plain
+    rows = [[fallback, c1, c2]]  # neither negative is hard under the official rule
+    torch.testing.assert_close(loss(cos, labels), _ce_loop(rows, [0]).float(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "m1,m2,m3",
+    [
+        (1.35, 0, 0),
+        (1.2, 0.3, 0.1),
+        (0.9, 0.4, 0.15),
+        (1, 0.5, 0),
+        (1, 0, 0.35),
+        (1, 0.3, 0.2),
+        (2.0, 0.2, 0.1),
+        (4.0, 0, 0),
+        (1.5, 1.5, 0),
+    ],
+)
+def test_combined_margin_psi_decreases_on_0_pi(m1, m2, m3):
+    theta = torch.linspace(0, math.pi, 20001, dtype=torch.float64)
+    psi = L.CombinedMarginLoss(s=1, m1=m1, m2=m2, m3=m3).psi(torch.cos(theta))
+    assert (psi[1:] <= psi[:-1] + 1e-6).all()
+    near = theta < (math.pi - m2) / m1 - 1e-3  # before the continuation: the formula itself
+    want = torch.cos(m1 * theta[near] + m2) - m3
+    torch.testing.assert_close(psi[near], want, atol=1e-3, rtol=0)  # acos clamped at 1 - 1e-7
+
+
+@pytest.mark.parametrize("m1,m2", [(0.0, 0.5), (1.0, -0.1), (1.0, 1.6)])
+def test_combined_margin_rejects_settings_it_cannot_keep_monotone(m1, m2):
+    with pytest.raises(ValueError, match="m1 > 0 and 0 <= m2 < pi/2"):
+        L.CombinedMarginLoss(m1=m1, m2=m2)
 
 
 def test_batch_hard_triplet_matches_a_loop():
