@@ -172,23 +172,64 @@ def read_csv_pairs(path: str | Path, image_root: str | Path | None = None) -> Pa
     return _from_paths(pairs, "csv", path, root)
 
 
+class _BinUnpickler(pickle.Unpickler):
+    """Unpickles only what a ``.bin`` holds: lists, tuples, bytes/str, bools and numbers (no
+    global needed), numpy arrays and scalars, and ``_codecs.encode`` (how Python 3 pickles bytes
+    at protocol 2). Any other global is refused: a crafted file cannot run code."""
+
+    ALLOWED = {
+        ("_codecs", "encode"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(
+                f"refusing to load global {module}.{name}: a .bin holds only image buffers "
+                "and booleans (a pickle that names other globals could run code)"
+            )
+        return super().find_class(module, name)
+
+
+def _unpickle_bin(path: Path) -> tuple:
+    with open(path, "rb") as fh:
+        try:
+            return _BinUnpickler(fh).load()
+        except UnicodeDecodeError:  # Python 2's str: insightface's own files
+            fh.seek(0)
+            return _BinUnpickler(fh, encoding="bytes").load()
+
+
+def bin_folds(n: int, n_folds: int = 10) -> np.ndarray:
+    """Fold of each of ``n`` pairs: ``n_folds`` contiguous blocks whose sizes differ by at most
+    one, the larger first (sklearn's ``KFold(n_folds, shuffle=False)``, as insightface splits).
+    Fewer than ``n_folds`` pairs: one fold per pair."""
+    n_folds = min(n, n_folds)
+    sizes = np.full(n_folds, n // n_folds)
+    sizes[: n % n_folds] += 1
+    return np.repeat(np.arange(n_folds, dtype=np.int64), sizes)
+
+
 def read_bin(path: str | Path, n_folds: int = 10) -> Pairs:
     """Read an insightface validation ``.bin``: a pickle of (2N encoded images, N booleans).
 
-    Pair k is images 2k and 2k+1; folds are ``n_folds`` contiguous blocks (the protocol of
-    ``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin``). No MXNet needed.
+    Pair k is images 2k and 2k+1; folds are ``n_folds`` contiguous blocks (:func:`bin_folds`,
+    the protocol of ``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin``). No MXNet needed. The pickle
+    is read with a restricted unpickler (:class:`_BinUnpickler`): only lists, bytes, booleans
+    and numpy arrays, never arbitrary code.
     """
     from PIL import Image
 
     path = Path(path)
-    with open(path, "rb") as fh:
-        try:
-            bins, issame = pickle.load(fh)
-        except UnicodeDecodeError:
-            fh.seek(0)
-            bins, issame = pickle.load(fh, encoding="bytes")
-        except Exception as e:
-            raise PairListError(f"{path}: not a (images, issame) pickle: {e}") from e
+    try:
+        bins, issame = _unpickle_bin(path)
+    except Exception as e:
+        raise PairListError(f"{path}: not a (images, issame) pickle: {e}") from e
     if len(bins) != 2 * len(issame):
         raise PairListError(f"{path}: {len(bins)} images for {len(issame)} pairs (need 2 per pair)")
     crops = []
@@ -199,13 +240,12 @@ def read_bin(path: str | Path, n_folds: int = 10) -> Pairs:
         except Exception as e:
             raise PairListError(f"{path}: image {i} cannot be decoded: {e}") from e
     n = len(issame)
-    per = -(-n // n_folds)
     return Pairs(
         images=[f"{path.name}#{i}" for i in range(2 * n)],
         left=np.arange(0, 2 * n, 2, dtype=np.int64),
         right=np.arange(1, 2 * n, 2, dtype=np.int64),
         same=np.array([bool(v) for v in issame]),
-        fold=np.arange(n, dtype=np.int64) // per,
+        fold=bin_folds(n, n_folds),
         protocol="bin",
         source=str(path),
         crops=np.stack(crops),

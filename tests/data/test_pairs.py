@@ -8,6 +8,7 @@ from PIL import Image
 
 from face_rec.data.pairs import (
     PairListError,
+    bin_folds,
     load_pairs,
     read_bin,
     read_csv_pairs,
@@ -97,7 +98,58 @@ def test_bin_round_trip(tmp_path):
     np.testing.assert_array_equal(pairs.crops[pairs.left], left)
     np.testing.assert_array_equal(pairs.crops[pairs.right], right)
     assert pairs.same.tolist() == same.tolist()
-    assert pairs.fold.tolist() == (np.arange(25) // 3).tolist()  # 10 contiguous blocks
+    assert pairs.fold.tolist() == [
+        f for f, size in enumerate([3] * 5 + [2] * 5) for _ in range(size)
+    ]
+
+
+@pytest.mark.parametrize("n", [21, 25, 29, 6000, 7001])
+def test_bin_folds_are_exactly_10_contiguous_blocks_as_kfold(n):
+    from sklearn.model_selection import KFold
+
+    folds = bin_folds(n)
+    sizes = np.bincount(folds)
+    assert len(sizes) == 10 and sizes.max() - sizes.min() <= 1
+    assert (np.diff(folds) >= 0).all()  # contiguous
+    for f, (_, test) in enumerate(KFold(10, shuffle=False).split(np.arange(n))):
+        assert (np.flatnonzero(folds == f) == test).all()  # insightface's split
+
+
+class _Boom:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_bin_pickle_naming_other_globals_is_refused(tmp_path):
+    (tmp_path / "evil.bin").write_bytes(pickle.dumps(([b"x", b"y"], [_Boom()])))
+    with pytest.raises(PairListError, match="refusing to load global"):
+        read_bin(tmp_path / "evil.bin")
+
+
+def test_bin_with_numpy_buffers_and_numpy_bools_loads(tmp_path):
+    crops = _crops(20, 3)
+    bins = [np.frombuffer(_png(c), np.uint8) for c in crops]
+    issame = list(np.arange(10) % 2 == 0)  # numpy bools
+    (tmp_path / "np.bin").write_bytes(pickle.dumps((bins, issame)))
+    pairs = read_bin(tmp_path / "np.bin")
+    np.testing.assert_array_equal(pairs.crops, crops)
+    assert pairs.same.tolist() == [bool(v) for v in issame]
+
+
+def test_bin_pickled_by_python3_at_protocol_2_loads(tmp_path):
+    crops = _crops(20, 4)
+    data = pickle.dumps(([_png(c) for c in crops], [True, False] * 5), protocol=2)
+    assert b"_codecs" in data  # bytes at protocol 2 go through _codecs.encode
+    (tmp_path / "p2.bin").write_bytes(data)
+    np.testing.assert_array_equal(read_bin(tmp_path / "p2.bin").crops, crops)
+
+
+def _png(img):
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _jpeg(img):
