@@ -27,17 +27,24 @@ class RandomBatches:
 
 class BalancedBatches(RandomBatches):
     """Identity-balanced: each slot draws an identity uniformly, then one of its images, so a
-    person with 100 photos is seen as often as one with 2. Same epoch length as RandomBatches."""
+    person with 100 photos is seen as often as one with 2. Same epoch length as RandomBatches.
+
+    The epoch's sequence of N draws depends on (seed, epoch) only, not on the batch size: a
+    run resumed on another number of ranks sees the same images in the same order."""
 
     def __init__(self, labels: np.ndarray, batch_size: int, seed: int = 0) -> None:
         super().__init__(labels, batch_size, seed)
         self.groups = _groups(labels)
+        self.sizes = np.array([len(g) for g in self.groups])
+        self.flat = np.concatenate(self.groups)
+        self.starts = np.cumsum(self.sizes) - self.sizes
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
-        ids = rng.integers(0, len(self.groups), len(self) * self.batch_size)
-        picks = np.array([self.groups[i][rng.integers(len(self.groups[i]))] for i in ids])
-        return list(picks.reshape(len(self), self.batch_size))
+        ids = rng.integers(0, len(self.groups), self.n)
+        within = (rng.random(self.n) * self.sizes[ids]).astype(np.int64)
+        order = self.flat[self.starts[ids] + within]
+        return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(len(self))]
 
 
 class IdentityBatches:
