@@ -12,19 +12,33 @@ from typing import Any
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+    """Yield a temporary path beside ``path``; on success it is made durable and renamed onto
+    ``path``.
 
-    A crash leaves either the old file or the new one, never a half-written one.
+    The temporary file is fsync'ed before the rename and the directory after it, so a process
+    crash, a power loss or a node failure leaves either the old file or the complete new one,
+    never a complete name over missing data.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp
+        fsync(tmp)
         os.replace(tmp, path)
+        fsync(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def fsync(path: str | Path) -> None:
+    """Flush a file's (or a directory's entries') data to the device."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
