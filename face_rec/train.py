@@ -188,6 +188,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation
         cfg.trainer.channels_last,
         weight,
         cfg.trainer.num_workers,
+        cfg.trainer.grad_clip_scope,
     )
     return trainer, validation, stats
 

@@ -68,6 +68,7 @@ class Trainer:
         channels_last: bool = False,
         class_weight: np.ndarray | None = None,
         num_workers: int = 0,
+        grad_clip_scope: str = "backbone",
     ) -> None:
         self.model, self.head, self.loss_fn = model, head, loss_fn
         self.optimizer, self.scheduler, self.dataset, self.plan = (
@@ -79,6 +80,12 @@ class Trainer:
         self.augment, self.max_steps, self.hooks = augment, max_steps, list(hooks)
         self.device, self.precision, self.grad_clip = torch.device(device), precision, grad_clip
         self.accum_steps, self.num_workers = accum_steps, num_workers
+        if grad_clip_scope not in ("backbone", "all"):
+            raise ValueError(
+                f"trainer.grad_clip_scope={grad_clip_scope!r}: use backbone (insightface: the "
+                "class centres are not clipped) or all (backbone and head together)"
+            )
+        self.grad_clip_scope = grad_clip_scope
         if channels_last and self.device.type == "cpu" and _has_8_channel_conv(model):
             log.warning(
                 "trainer.channels_last is off for this model: on CPU, torch's channels_last "
@@ -147,12 +154,7 @@ class Trainer:
                 correct += round(self.sharded[0].accuracy * len(y))
             seen += len(y)
         self.scaler.unscale_(self.optimizer)
-        if self.sharded:
-            grad_norm = D.clip_grad_norm(
-                self.replicated_params, self.sharded_params, self.grad_clip
-            )
-        else:
-            grad_norm = nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf"))
+        grad_norm = self.clip_gradients()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -174,6 +176,18 @@ class Trainer:
             "data_wait_fraction": wait / (elapsed + wait),
             "embedding_norms": embeddings.detach().float().norm(dim=1).cpu(),
         }
+
+    def clip_gradients(self) -> torch.Tensor | float:
+        """Clip to ``grad_clip`` and return the norm clipped by: the backbone's gradients alone
+        (``grad_clip_scope="backbone"``, insightface's rule: with many identities the class
+        centres' gradient would dominate the norm), or backbone and head together (``all``;
+        sharded centres summed over ranks)."""
+        max_norm = self.grad_clip or float("inf")
+        if self.grad_clip_scope == "backbone":
+            return nn.utils.clip_grad_norm_(list(self.model.parameters()), max_norm)
+        if self.sharded:
+            return D.clip_grad_norm(self.replicated_params, self.sharded_params, self.grad_clip)
+        return nn.utils.clip_grad_norm_(self.params, max_norm)
 
     def autocast(self):
         if self.precision == "fp32":
@@ -249,8 +263,10 @@ class Trainer:
         optimizer = state["optimizer"]
         for m in self.sharded:
             optimizer = m.shard_optimizer_state(self.optimizer, optimizer)
+        configured = _hyperparameters(self.optimizer), list(self.scheduler.base_lrs)
         self.optimizer.load_state_dict(optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_configured(*configured)
         self.scaler.load_state_dict(state["scaler"])
         self.state = TrainState(**state["trainer"])
         saved_world = state.get("world_size", 1)
@@ -265,6 +281,40 @@ class Trainer:
         random.setstate(rng["python"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def _apply_configured(self, hyper: list[dict], base_lrs: list[float]) -> None:
+        """After loading a checkpoint: the optimizer settings and base LRs of this run's config
+        win over the saved ones (a resume with ``optimizer.lr=0.01`` trains at 0.01), the LR
+        is recomputed from the schedule at the restored step, and each change is logged."""
+        changes = []
+        for i, (group, want) in enumerate(zip(self.optimizer.param_groups, hyper, strict=True)):
+            for key, value in want.items():
+                if group.get(key) != value:
+                    changes.append(f"group {i} {key} {group.get(key)} -> {value}")
+                    group[key] = value
+        saved = list(self.scheduler.base_lrs)
+        if saved != base_lrs:
+            changes.append(f"base lr {saved} -> {base_lrs}")
+        self.scheduler.base_lrs = base_lrs
+        step = self.scheduler.last_epoch
+        for group, base, fn in zip(
+            self.optimizer.param_groups, base_lrs, self.scheduler.lr_lambdas, strict=True
+        ):
+            group["initial_lr"], group["lr"] = base, base * fn(step)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        if changes:
+            log.warning(
+                "resume: the config changes the checkpoint's optimizer settings (%s); the "
+                "config's values apply from step %d",
+                "; ".join(changes),
+                self.state.step,
+            )
+
+
+def _hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """Each param group's settings but its parameters and the LR the scheduler sets."""
+    skip = ("params", "lr", "initial_lr")
+    return [{k: v for k, v in g.items() if k not in skip} for g in optimizer.param_groups]
 
 
 def _has_8_channel_conv(model: nn.Module) -> bool:

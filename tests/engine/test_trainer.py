@@ -164,6 +164,43 @@ def test_resume_continues_the_exact_loss_sequence(pack, tmp_path):
     assert rec.losses == whole[3:]
 
 
+def test_resume_applies_the_configs_lr_weight_decay_and_momentum(pack, tmp_path):
+    """resume=true optimizer.lr=0.01: the run goes on at 0.01 x the schedule, not the saved 0.1."""
+    over = ["model=mobilefacenet", "trainer.max_steps=6", "trainer.checkpoint_every=3"]
+    trainer, _, _ = build_trainer(_cfg(pack, tmp_path, *over, "trainer.max_steps=3"), tmp_path)
+    trainer.train()
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert saved["scheduler"]["base_lrs"] == [0.1]
+    changed = [*over, "optimizer.lr=0.01", "optimizer.weight_decay=1e-3", "optimizer.momentum=0.5"]
+    trainer, _, _ = build_trainer(_cfg(pack, tmp_path, *changed), tmp_path)
+    trainer.load_state_dict(saved)
+    factor = trainer.scheduler.lr_lambdas[0](3)
+    group = trainer.optimizer.param_groups[0]
+    assert group["lr"] == pytest.approx(0.01 * factor)
+    assert (group["weight_decay"], group["momentum"]) == (1e-3, 0.5)
+    assert trainer.scheduler.base_lrs == [0.01]
+    trainer.train()
+    assert trainer.metrics["lr"] == pytest.approx(0.01 * trainer.scheduler.lr_lambdas[0](5))
+
+
+def test_grad_clip_scope_backbone_leaves_the_head_out_of_the_norm(pack, tmp_path):
+    def clipped(scope):
+        torch.manual_seed(0)
+        cfg = _cfg(pack, tmp_path, "model=mobilefacenet", f"trainer.grad_clip_scope={scope}")
+        trainer, _, _ = build_trainer(cfg, tmp_path / scope)
+        for p in trainer.model.parameters():
+            p.grad = torch.full_like(p, 1e-4)
+        for p in trainer.head.parameters():
+            p.grad = torch.full_like(p, 100.0)  # the class centres' gradient dominates
+        norm = trainer.clip_gradients()
+        return float(norm), next(trainer.model.parameters()).grad.flatten()[0].item()
+
+    norm_backbone, g_backbone = clipped("backbone")
+    norm_all, g_all = clipped("all")
+    assert norm_backbone < 5 and g_backbone == pytest.approx(1e-4)  # under the limit: untouched
+    assert norm_all > 5 and g_all < 1e-6  # scaled down by the head's norm
+
+
 def test_same_seed_same_numbers(pack, tmp_path):
     over = ["model=mobilefacenet", "model.input_size=32", "trainer.max_steps=3"]
     _, a = _run(_cfg(pack, tmp_path, *over), tmp_path / "a")
