@@ -55,3 +55,17 @@ def test_heads_own_the_centres():
     cos = CosineHead(16, 10)(x)
     assert cos.shape == (4, 10) and cos.abs().max() <= 1 + 1e-6
     assert LinearHead(16, 10)(x).shape == (4, 10)
+
+
+def test_the_gpu_arcface_recipe_trains_arcfaces_r50():
+    """ArcFace's r50 is IResNet-50 (43.6 M parameters), not the classic ResNet-50 (74.9 M)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from ..conftest import REPO
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        cfg = compose("train", overrides=["experiment=gpu_iresnet50_arcface"])
+    assert cfg.model.name == "iresnet50"
+    assert count_params(instantiate(cfg.model)) / 1e6 == pytest.approx(43.59, abs=0.05)
+    assert (cfg.head.loss.s, cfg.head.loss.m, cfg.model.embedding_dim) == (64.0, 0.5, 512)
