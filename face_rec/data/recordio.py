@@ -12,16 +12,22 @@ The format, as MXNet's ``recordio`` module and dmlc-core write it:
   encoded image (JPEG for insightface's datasets).
 - insightface's header record (key 0): flag > 0 and labels ``(a, b)``: images are keys 1..a-1,
   and keys a..b-1 are one record per identity whose labels ``(start, end)`` are its image keys.
+  All of these are float32, exact only up to 2^24 = 16,777,216: past it (Glint360K has ~17.1M
+  images) they round, and a reader that trusts them gives images the wrong identity.
 
-:class:`RecordDataset` reads such a dataset lazily (index in memory, one file handle per loader
-worker, JPEG decoded in the worker); :func:`write_records` converts a face_rec pack or a folder
-of aligned crops into one.
+:class:`RecordDataset` therefore takes each image's label from its own image header (as
+insightface's dataset class does) and ignores the header and identity records: it reads the
+first bytes of every record once and caches the result beside the .idx. It reads images lazily
+(index in memory, one file handle per loader worker, JPEG decoded in the worker).
+:func:`write_records` converts a face_rec pack or a folder of aligned crops into one.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +42,11 @@ MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _HEADER = struct.Struct("<IfQQ")
 _LENGTH_MASK = (1 << 29) - 1
+FLOAT32_EXACT = 1 << 24  # float32 holds every integer up to this one, not all past it
+_PREFIX = 40  # payload bytes read per record to get its label: IRHeader + up to 4 floats
+_PROGRESS_OVER = 100_000  # records; a label scan this long shows a progress bar
+
+log = logging.getLogger(__name__)
 
 
 class RecordIOError(ValueError):
@@ -127,15 +138,118 @@ def read_index(path: str | Path) -> dict[int, int]:
     return index
 
 
+# ------------------------------------------------------------------ labels
+
+
+def read_prefix(fh, offset: int, n: int) -> bytes:
+    """The first ``n`` payload bytes (all of it if shorter) of the record at ``offset`` of an
+    open .rec. Reads only those bytes, not the whole record (a split record: its parts up to
+    them, with the magic words put back between parts)."""
+    name = getattr(fh, "name", "record file")
+    out, at = b"", offset
+    while True:
+        need = n - len(out)
+        fh.seek(at)
+        head = fh.read(8 + need)
+        if len(head) < 8:
+            raise RecordIOError(f"{name}: truncated record header at byte {at}")
+        magic, lrec = struct.unpack_from("<II", head)
+        if magic != MAGIC:
+            raise RecordIOError(
+                f"{name}: no record at byte {at} (magic {magic:#x}, expected {MAGIC:#x}); "
+                "is the .idx from this .rec?"
+            )
+        flag, length = lrec >> 29, lrec & _LENGTH_MASK
+        if len(head) - 8 < min(length, need):
+            raise RecordIOError(f"{name}: truncated record at byte {at}")
+        out += head[8 : 8 + length]
+        if flag in (0, 3):  # a whole record or the last part
+            return out
+        out += _MAGIC_BYTES  # a start or middle part: the payload goes on
+        if len(out) >= n:
+            return out[:n]
+        at += 8 + length  # parts 1 and 2 carry a multiple of 4 bytes: no padding
+
+
+def record_label(fh, key: int, offset: int) -> float | None:
+    """The label in the image header of record ``key`` at ``offset`` of an open .rec: the
+    IRHeader ``label``, or the first of its flag float32 labels when flag > 0. None for a record
+    that is no image: its payload ends with the IRHeader and labels (the header record, an
+    identity record). Reads the first few dozen bytes of the record only."""
+    prefix = read_prefix(fh, offset, _PREFIX)
+    if len(prefix) < _HEADER.size:
+        raise RecordIOError(
+            f"{getattr(fh, 'name', 'record file')}: record {key} (byte {offset}) has "
+            f"{len(prefix)} payload bytes, fewer than the {_HEADER.size}-byte image header"
+        )
+    flag, label, _, _ = _HEADER.unpack_from(prefix)
+    end = _HEADER.size + 4 * flag  # the image starts here
+    if end >= _PREFIX:  # more labels than the prefix holds: read up to the image's first byte
+        prefix = read_prefix(fh, offset, end + 1)
+    if len(prefix) <= end:
+        return None
+    return float(np.frombuffer(prefix, np.float32, 1, _HEADER.size)[0]) if flag > 0 else label
+
+
+def scan_labels(rec_path: Path, index: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Image keys (K,) int64, sorted, and their labels (K,) int64, from the image headers of
+    every record in ``index``; the header and identity records are left out."""
+    from tqdm import tqdm
+
+    keys, labels = [], []
+    order = sorted(index)
+    quiet = len(order) <= _PROGRESS_OVER
+    with open(rec_path, "rb", buffering=0) as fh:  # unbuffered: read a few bytes, not 8 KiB
+        for key in tqdm(order, desc=f"labels of {rec_path.name}", unit="rec", disable=quiet):
+            label = record_label(fh, key, index[key])
+            if label is not None:
+                keys.append(key)
+                labels.append(int(label))
+    return np.array(keys, np.int64), np.array(labels, np.int64)
+
+
+def _idx_stamp(idx_path: Path) -> np.ndarray:
+    st = idx_path.stat()
+    return np.array([st.st_size, st.st_mtime_ns], np.int64)
+
+
+def cached_labels(
+    rec_path: Path, idx_path: Path, index: dict[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`scan_labels`, cached in ``<idx name>.labels.npz`` beside the .idx and reused while
+    the .idx keeps its size and mtime. A folder that cannot be written to: no cache, a warning."""
+    cache = idx_path.with_name(idx_path.name + ".labels.npz")
+    stamp = _idx_stamp(idx_path)
+    try:
+        with np.load(cache) as z:
+            if np.array_equal(z["idx_stamp"], stamp):
+                return z["keys"], z["labels"]
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        log.warning("%s: unreadable label cache (%s); reading the image headers again", cache, e)
+    keys, labels = scan_labels(rec_path, index)
+    try:
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.savez(f, keys=keys, labels=labels, idx_stamp=stamp)
+    except OSError as e:
+        log.warning("%s: cannot cache the labels (%s); they will be read again next time", cache, e)
+    return keys, labels
+
+
 # ------------------------------------------------------------------ dataset
 
 
 class RecordDataset(Dataset):
     """An insightface ``.rec``/``.idx`` pair as a training set: item i is (uint8 (3, H, W), label).
 
-    Labels come from the identity records of the header (no image is read to list them); a
-    dataset without a header record has its image headers read once instead. ``labels`` are
-    remapped to 0..C-1 in order of the original ids; ``names`` holds the original ids as text.
+    Each image's label is the one in its own image header (the IRHeader ``label``, or the first
+    float of its label array): the header record's ``(a, b)`` and the identity records'
+    ``(start, end)`` ranges are float32 and round past 2^24 records, which would mislabel images
+    silently, so they are not used. The headers are read once (the first bytes of each record)
+    and cached beside the .idx (:func:`cached_labels`). ``keys`` (N,): the image keys, sorted;
+    ``labels`` (N,): remapped to 0..C-1 in order of the original ids; ``names`` (C,): those ids
+    as text.
     """
 
     def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None) -> None:
@@ -146,25 +260,17 @@ class RecordDataset(Dataset):
                 raise FileNotFoundError(f"{p} not found: a RecordIO dataset needs .rec and .idx")
         self.index = read_index(idx_path)
         self._fh = None
-        header, rest = unpack_payload(self.read(0)) if 0 in self.index else (None, b"")
-        if header is not None and header.flag >= 2 and not rest:  # the header record
-            first_id, end = int(header.label[0]), int(header.label[1])
-            self.keys = np.arange(1, first_id)
-            raw = np.full(len(self.keys), -1, np.int64)
-            for key in range(first_id, end):
-                start, stop = unpack_payload(self.read(key))[0].label[:2].astype(int)
-                raw[start - 1 : stop - 1] = key - first_id
-        else:
-            self.keys = np.array(sorted(self.index))
-            raw = np.array([int(self._label(unpack_payload(self.read(k))[0])) for k in self.keys])
-        if (raw < 0).any():
-            raise RecordIOError(f"{self.rec_path}: {int((raw < 0).sum())} images in no identity")
+        self.keys, raw = cached_labels(self.rec_path, idx_path, self.index)
+        if not len(self.keys):
+            raise RecordIOError(f"{self.rec_path}: no image records (only header/identity ones)")
+        if len(self.index) > len(self.keys):
+            level = logging.INFO if len(self.index) > FLOAT32_EXACT else logging.DEBUG
+            msg = (
+                "%s: labels from %d image headers, not the identity ranges (float32, inexact >2^24)"
+            )
+            log.log(level, msg, self.rec_path, len(self.keys))
         ids, self.labels = np.unique(raw, return_inverse=True)
         self.names = [str(i) for i in ids]
-
-    @staticmethod
-    def _label(header: Header) -> float:
-        return header.label if np.ndim(header.label) == 0 else header.label[0]
 
     @property
     def num_classes(self) -> int:
@@ -211,6 +317,14 @@ def write_records(dataset: Dataset, out_rec: str | Path, quality: int = 95) -> d
     order = np.argsort(labels, kind="stable")
     ids, starts = np.unique(labels[order], return_index=True)
     n, first_id = len(order), len(order) + 1
+    if first_id + len(ids) > FLOAT32_EXACT:
+        log.warning(
+            "%s: %d records: past 2^24 the float32 header and identity ranges round, so readers "
+            "that use them (insightface's own) will mislabel images; face_rec reads the image "
+            "headers, which are right",
+            out_rec,
+            first_id + len(ids),
+        )
     with (
         atomic_path(out_rec) as rec_tmp,
         atomic_path(out_rec.with_suffix(".idx")) as idx_tmp,

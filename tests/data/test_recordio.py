@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import os
 import struct
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from face_rec.data import recordio
 from face_rec.data.recordio import (
     RecordDataset,
     RecordIOError,
@@ -83,6 +86,88 @@ def test_reads_a_file_without_header_record_from_image_labels(tmp_path):
     assert ds.names == ["3", "7"] and ds.labels.tolist() == [1, 0, 1]
 
 
+def _header(a: float, b: float) -> bytes:
+    """The header record (key 0) or an identity record: flag 2, labels (a, b), no image."""
+    return _whole(struct.pack("<IfQQ", 2, 0.0, 0, 0) + struct.pack("<2f", a, b))
+
+
+def _shifted_ranges(tmp_path, header_shift: int = 0):
+    """Images 1-4 whose headers say identities 0, 0, 1, 1; header (5, 7); identity records 5-6
+    with ranges shifted by one record, as float32 rounding past 2^24 leaves them: (1, 4) and
+    (4, 5) instead of (1, 3) and (3, 5). ``header_shift`` shifts the header's (a, b) as well."""
+    recs = [_header(5 + header_shift, 7 + header_shift)]
+    for k, lab in enumerate([0.0, 0.0, 1.0, 1.0], 1):
+        recs.append(_whole(struct.pack("<IfQQ", 0, lab, k, 0) + _jpeg(60 * k)))
+    # identity record 5 has id = MAGIC: split inside its IRHeader, it is still no image
+    recs.append(_split_at_8(struct.pack("<IfQQ", 2, 0.0, MAGIC, 0) + struct.pack("<2f", 1, 4)))
+    recs.append(_header(4, 5))
+    return _write(tmp_path, recs)
+
+
+@pytest.mark.parametrize("header_shift", [0, 1])
+def test_labels_follow_the_image_headers_not_the_identity_ranges(tmp_path, header_shift):
+    ds = RecordDataset(_shifted_ranges(tmp_path, header_shift))
+    assert ds.keys.tolist() == [1, 2, 3, 4]
+    assert ds.names == ["0", "1"] and ds.labels.tolist() == [0, 0, 1, 1]  # ranges: [0, 0, 0, 1]
+    assert [ds[i][1] for i in range(4)] == [0, 0, 1, 1]
+
+
+def test_label_arrays_longer_than_the_first_read(tmp_path):
+    """flag 7: 28 bytes of labels after the IRHeader, past the 40 bytes read first."""
+    labels = struct.pack("<7f", 4.0, *range(6))
+    recs = [_whole(struct.pack("<IfQQ", 7, 0.0, 0, 0) + labels)]  # no image: not an item
+    recs += [_whole(struct.pack("<IfQQ", 7, 0.0, k, 0) + labels + _jpeg(9)) for k in (1, 2)]
+    ds = RecordDataset(_write(tmp_path, recs))
+    assert ds.keys.tolist() == [1, 2] and ds.names == ["4"]
+
+
+def _count_scans(monkeypatch) -> list:
+    calls, scan = [], recordio.scan_labels
+    monkeypatch.setattr(recordio, "scan_labels", lambda *a: calls.append(a) or scan(*a))
+    return calls
+
+
+def test_labels_are_cached_beside_the_idx_until_it_changes(tmp_path, monkeypatch, caplog):
+    rec, idx = _shifted_ranges(tmp_path), tmp_path / "train.idx"
+    cache = tmp_path / "train.idx.labels.npz"
+    scans = _count_scans(monkeypatch)
+    first = RecordDataset(rec)
+    assert cache.is_file() and len(scans) == 1
+    again = RecordDataset(rec)
+    assert len(scans) == 1  # read from the cache
+    assert again.keys.tolist() == first.keys.tolist() and again.labels.tolist() == [0, 0, 1, 1]
+    st = idx.stat()
+    os.utime(idx, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: scanned again
+    RecordDataset(rec)
+    assert len(scans) == 2
+    recs = [_whole(struct.pack("<IfQQ", 0, lab, 0, 0) + _jpeg(9)) for lab in (3.0, 2.0, 3.0)]
+    assert RecordDataset(_write(tmp_path, recs)).names == ["2", "3"]  # rewritten: new labels
+    assert len(scans) == 3
+    cache.write_bytes(b"not a zip")
+    with caplog.at_level(logging.WARNING, "face_rec.data.recordio"):
+        assert RecordDataset(rec).labels.tolist() == [1, 0, 1]
+    assert "unreadable label cache" in caplog.text and len(scans) == 4
+
+
+def test_a_read_only_folder_works_without_a_cache(tmp_path, monkeypatch, caplog):
+    rec = _shifted_ranges(tmp_path)
+    tmp_path.chmod(0o555)
+    try:
+        if os.access(tmp_path, os.W_OK):  # root ignores the mode: fail the rename instead
+
+            def refuse(*_):
+                raise PermissionError("read-only folder")
+
+            monkeypatch.setattr(os, "replace", refuse)
+        with caplog.at_level(logging.WARNING, "face_rec.data.recordio"):
+            ds = RecordDataset(rec)
+    finally:
+        tmp_path.chmod(0o755)
+    assert ds.labels.tolist() == [0, 0, 1, 1]
+    assert "cannot cache the labels" in caplog.text and "train.idx.labels.npz" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.idx", "train.rec"]
+
+
 @pytest.mark.parametrize("n", [0, 3, 4, 13, 40])
 def test_framing_round_trips_payloads_with_magic_words(tmp_path, n):
     rng = np.random.default_rng(n)
@@ -121,10 +206,21 @@ def test_an_aligned_folder_round_trips(tmp_path):
     assert set(read_index(tmp_path / "rec" / "train.idx")) == set(range(0, 1 + 6 + 3))
 
 
+def test_writing_past_float32_exact_keys_warns(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(recordio, "FLOAT32_EXACT", 9)  # 1 header + 6 images + 3 identities = 10
+    with caplog.at_level(logging.WARNING, "face_rec.data.recordio"):
+        write_records(AlignedFolder(_smooth_crops(tmp_path / "crops")), tmp_path / "train.rec")
+    assert "10 records" in caplog.text and "insightface's own) will mislabel" in caplog.text
+    assert RecordDataset(tmp_path / "train.rec").labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
 def test_errors_name_the_file_and_what_is_wrong(tmp_path):
     rec = _write(tmp_path, [_whole(struct.pack("<IfQQ", 0, 1.0, 0, 0) + _jpeg(9))])
     (tmp_path / "train.idx").write_text("0\t4\n")
     with pytest.raises(RecordIOError, match=r"no record at byte 4 .*is the \.idx from this \.rec"):
+        RecordDataset(rec)
+    _write(tmp_path, [_whole(b"short")])
+    with pytest.raises(RecordIOError, match=r"record 0 \(byte 0\) has 5 payload bytes, fewer "):
         RecordDataset(rec)
     (tmp_path / "train.idx").write_text("0 0\n")
     with pytest.raises(RecordIOError, match=r"train.idx:1: expected 'key<TAB>offset'"):
