@@ -215,6 +215,9 @@ def write_report(runs: list[Run], out: Path, published: dict[str, Path] | None =
             )
     lines += [
         "",
+        "Accuracy: the protocol's, +- the population std of its fold accuracies (insightface's "
+        "convention; `accuracy_sem` in metrics.json is the LFW page's standard error).",
+        "",
         "## Settings (mean +- std over seeds)",
         "",
         "| setting | runs | accuracy | EER | AUC | TAR@1e-2 |",

@@ -85,43 +85,84 @@ def kfold_accuracy(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) ->
     """The LFW protocol: for each fold, the threshold maximising accuracy on the other folds
     scores the held-out fold.
 
-    Returns dict with ``fold_accuracies`` and ``thresholds`` (lists, one per fold in fold order),
-    ``accuracy_mean``, ``accuracy_std`` (population std of the fold accuracies, as reported on the
-    LFW results page and by insightface) and ``correct`` ((N,) bool: each pair right or wrong
-    under its fold's threshold).
+    ``scores`` may hold NaN for pairs that could not be scored: they take no part in choosing
+    thresholds and count as errors (the protocol is over every pair of the list).
+
+    Returns dict with ``fold_accuracies`` and ``thresholds`` (lists, one per fold in fold
+    order), ``accuracy_mean`` (unscored pairs wrong), ``accuracy_scored_only`` (mean over folds
+    of the accuracy on their scored pairs), ``accuracy_std`` (population std of the fold
+    accuracies, as insightface prints), ``accuracy_sem`` (sample std / sqrt(folds): the
+    standard error the LFW results page reports) and ``correct`` ((N,) bool: each pair right
+    under its fold's threshold; False where unscored).
     """
-    scores, labels = _check(scores, labels)
+    scores, labels = _check(scores, labels, allow_nan=True)
     folds = np.asarray(folds)
     ids = np.unique(folds)
     if len(ids) < 2:
         raise ValueError(f"k-fold accuracy needs at least 2 folds, got {ids.tolist()}")
-    accs, thresholds = [], []
+    scored = ~np.isnan(scores)
+    accs, accs_scored, thresholds = [], [], []
     correct = np.zeros(len(scores), dtype=bool)
     for f in ids:
         test = folds == f
-        t, _ = best_threshold(scores[~test], labels[~test])
+        train = ~test & scored
+        t, _ = best_threshold(scores[train], labels[train])
         correct[test] = (scores[test] > t) == labels[test]
+        correct[test & ~scored] = False
         accs.append(float(correct[test].mean()))
+        n_scored = int((test & scored).sum())
+        accs_scored.append(float(correct[test & scored].mean()) if n_scored else float("nan"))
         thresholds.append(t)
     return {
         "fold_accuracies": accs,
         "thresholds": thresholds,
         "accuracy_mean": float(np.mean(accs)),
-        "accuracy_std": float(np.std(accs)),
+        "accuracy_scored_only": float(np.nanmean(accs_scored)),
+        **fold_spread(accs),
         "correct": correct,
     }
 
 
-def bootstrap_ci(
-    statistic, n_items: int, n_resamples: int = 1000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic(indices)`` over resampled pair indices.
+def fold_spread(fold_accuracies: list[float]) -> dict:
+    """``accuracy_std``: population std (insightface's "+-"); ``accuracy_sem``: sample std /
+    sqrt(k), the standard error of the mean the LFW results page reports."""
+    a = np.asarray(fold_accuracies, dtype=np.float64)
+    return {
+        "accuracy_std": float(np.std(a)),
+        "accuracy_sem": float(np.std(a, ddof=1) / np.sqrt(len(a))) if len(a) > 1 else None,
+    }
 
-    ``statistic`` maps an (n_items,) int index array (drawn with replacement) to a float; NaN
-    results (e.g. a resample without negatives) are dropped.
+
+def cluster_bootstrap_ci(
+    statistic,
+    clusters: np.ndarray,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    strata: np.ndarray | None = None,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(indices)`` resampling whole clusters.
+
+    ``clusters`` (N,): the independent unit of each item (e.g. a pair's identity, or its fold):
+    each resample draws as many clusters as there are, with replacement, and passes the indices
+    of all their items (repeated as drawn). ``strata`` (N,): clusters are drawn within each
+    stratum separately (e.g. a test list and the list its threshold is fitted on). NaN results
+    are dropped. Items of one cluster are thus never split between "in" and "out".
     """
+    clusters = np.asarray(clusters)
+    strata = np.zeros(len(clusters), np.int64) if strata is None else np.asarray(strata)
+    groups = []  # per stratum: the member index arrays of its clusters
+    for s in np.unique(strata):
+        idx = np.flatnonzero(strata == s)
+        order = idx[np.argsort(clusters[idx], kind="stable")]
+        _, starts = np.unique(clusters[order], return_index=True)
+        groups.append(np.split(order, starts[1:]))
     rng = np.random.default_rng(seed)
-    values = np.array([statistic(rng.integers(0, n_items, n_items)) for _ in range(n_resamples)])
+    values = []
+    for _ in range(n_resamples):
+        picks = [g[k] for g in groups for k in rng.integers(0, len(g), len(g))]
+        values.append(statistic(np.concatenate(picks)))
+    values = np.asarray(values, dtype=np.float64)
     values = values[~np.isnan(values)]
     if len(values) == 0:
         return float("nan"), float("nan")
@@ -129,13 +170,16 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
-def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check(
+    scores: np.ndarray, labels: np.ndarray, allow_nan: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     labels = np.asarray(labels).reshape(-1).astype(bool)
     if len(scores) != len(labels):
         raise ValueError(f"{len(scores)} scores for {len(labels)} labels")
-    if len(scores) == 0:
+    if len(scores) == 0 or (allow_nan and np.isnan(scores).all()):
         raise ValueError("no scored pairs")
-    if not np.isfinite(scores).all():
+    finite = np.isfinite(scores) | (np.isnan(scores) if allow_nan else False)
+    if not finite.all():
         raise ValueError("scores contain NaN or inf")
     return scores, labels

@@ -129,58 +129,105 @@ def stratified_folds(labels: np.ndarray, k: int = 10) -> np.ndarray:
     return folds
 
 
-def verification_metrics(
+def resampling_units(pairs: Pairs) -> tuple[np.ndarray, str]:
+    """The unit a bootstrap must resample for ``pairs`` ((N,) cluster id per pair) and its name.
+
+    Pairs share images and identities, so they are not independent draws. With identities
+    known (image paths under identity folders): each pair goes with the identity of its first
+    image. Otherwise the list's folds (insightface ``.bin``: 10 blocks of other people); else
+    single pairs, which understates the spread, and the name says so.
+    """
+    if pairs.root is not None:
+        ids = np.array([pairs.identity(k) for k in pairs.left])
+        if len(np.unique(ids)) >= 20:
+            return np.unique(ids, return_inverse=True)[1], "identities (of each pair's first image)"
+    if pairs.n_folds >= 2:
+        return pairs.fold.copy(), "folds (the list carries no identities)"
+    return np.arange(len(pairs)), (
+        "pairs (the list carries no identities or folds: pairs that share images are resampled "
+        "as independent, so the interval is too narrow)"
+    )
+
+
+def protocol_accuracy(
     scores: np.ndarray,
     labels: np.ndarray,
     folds: np.ndarray | None,
     calibration: tuple[np.ndarray, np.ndarray] | None = None,
-    n_bootstrap: int = 1000,
-    seed: int = 0,
 ) -> dict:
-    """Every number of the protocol for scored pairs (no NaN): accuracy, ROC, AUC, EER, TAR@FAR
-    and bootstrap 95% intervals.
+    """The protocol's accuracy over every pair; NaN scores (unscorable pairs) count as errors.
 
-    Accuracy: with ``folds`` (>= 2 distinct), the k-fold protocol; else with ``calibration``
-    (scores, labels of another list), the threshold chosen there; else 10-fold CV over
-    stratified folds of these pairs. ``protocol`` in the result says which.
+    With ``folds`` (>= 2 distinct): the k-fold protocol. Else with ``calibration`` (scores,
+    labels of another list): its best threshold applied here. Else 10-fold CV over stratified
+    folds of these pairs. Returns accuracy_mean, accuracy_scored_only, accuracy_std (population,
+    insightface), accuracy_sem (standard error, LFW page), fold_accuracies, thresholds,
+    protocol, and ``correct`` (N,) bool.
     """
-    labels = labels.astype(bool)
-    out: dict = {}
+    scored = ~np.isnan(scores)
+    if (folds is None or len(np.unique(folds)) < 2) and calibration is not None:
+        t, calib_acc = M.best_threshold(*calibration)
+        correct = scored & ((scores > t) == labels)
+        return {
+            "accuracy_mean": float(correct.mean()),
+            "accuracy_scored_only": float(correct[scored].mean()),
+            "accuracy_std": None,
+            "accuracy_sem": None,
+            "fold_accuracies": [],
+            "thresholds": [t],
+            "calibration_accuracy": calib_acc,
+            "protocol": f"threshold chosen on the calibration list ({len(calibration[0])} "
+            "pairs), applied to this list",
+            "correct": correct,
+        }
     if folds is not None and len(np.unique(folds)) >= 2:
         kf = M.kfold_accuracy(scores, labels, folds)
-        correct = kf.pop("correct")
-        out.update(
-            kf,
-            protocol=f"{len(kf['fold_accuracies'])}-fold: per fold, threshold chosen "
-            "on the other folds",
-        )
-    elif calibration is not None:
-        t, calib_acc = M.best_threshold(*calibration)
-        correct = (scores > t) == labels
-        out.update(
-            accuracy_mean=float(correct.mean()),
-            accuracy_std=None,
-            fold_accuracies=[],
-            thresholds=[t],
-            calibration_accuracy=calib_acc,
-            protocol=f"threshold chosen on the calibration list ({len(calibration[0])} "
-            "pairs), applied to this list",
+        protocol = (
+            f"{len(kf['fold_accuracies'])}-fold: per fold, threshold chosen on the other folds"
         )
     else:
         kf = M.kfold_accuracy(scores, labels, stratified_folds(labels))
-        correct = kf.pop("correct")
-        out.update(kf, protocol="10-fold CV over this list's own pairs (stratified folds)")
-    best_t, best_acc = M.best_threshold(scores, labels)
+        protocol = "10-fold CV over this list's own pairs (stratified folds)"
+    return {**kf, "protocol": protocol}
+
+
+def verification_metrics(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    folds: np.ndarray | None,
+    calibration: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    units: tuple[np.ndarray, str] | None = None,
+) -> dict:
+    """Every number of the protocol: accuracy (:func:`protocol_accuracy`; NaN scores are
+    unscorable pairs and count as errors), ROC, AUC, EER and TAR@FAR (over the scored pairs)
+    and bootstrap 95% intervals.
+
+    ``calibration``: (scores, labels, resampling units) of the list the threshold is chosen on.
+    ``units``: (N,) resampling unit per pair and its name (:func:`resampling_units`; default
+    single pairs). The intervals resample whole units and refit the threshold(s) inside every
+    resample (the calibration list resampled too); ``ci95_method`` says so.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    scored = ~np.isnan(scores)
+    if not scored.any():
+        raise ValueError("no scored pairs")
+    units = units or (np.arange(len(scores)), "pairs")
+    out = protocol_accuracy(scores, labels, folds, calibration and calibration[:2])
+    out.pop("correct")
+    s, y = scores[scored], labels[scored]
+    best_t, best_acc = M.best_threshold(s, y)
     out["accuracy_best_threshold"] = {
         "accuracy": best_acc,
         "threshold": best_t,
         "note": "threshold chosen on the test pairs themselves "
         "(optimistic; not the protocol number)",
     }
-    fpr, tpr, thr = M.roc(scores, labels)
-    n_neg = int((~labels).sum())
+    fpr, tpr, thr = M.roc(s, y)
+    n_neg = int((~y).sum())
     out.update(auc=M.auc(fpr, tpr), eer=M.eer(fpr, tpr), tar_at_far={}, tar_at_far_notes={})
-    ci = {"accuracy": M.bootstrap_ci(lambda i: correct[i].mean(), len(scores), n_bootstrap, seed)}
+    ci = {"accuracy": _accuracy_ci(scores, labels, folds, calibration, units[0], n_bootstrap, seed)}
     for key, far in FARS.items():
         if not M.far_supported(n_neg, far):
             out["tar_at_far"][key] = None
@@ -190,19 +237,103 @@ def verification_metrics(
             )
             continue
         out["tar_at_far"][key] = M.tar_at_far(fpr, tpr, far)
-        ci[f"tar_at_far_{key}"] = M.bootstrap_ci(
-            lambda i, far=far: _tar(scores[i], labels[i], far), len(scores), n_bootstrap, seed
+        ci[f"tar_at_far_{key}"] = M.cluster_bootstrap_ci(
+            lambda i, far=far: _tar(scores[i], labels[i], far), units[0], n_bootstrap, seed
         )
     out["ci95"] = {k: [lo, hi] for k, (lo, hi) in ci.items()}
+    out["ci95_method"] = (
+        f"percentile bootstrap, {n_bootstrap} resamples of whole {units[1]}"
+        + ("; the calibration list resampled alike" if calibration is not None else "")
+        + "; the protocol's threshold(s) refit inside every resample"
+    )
     out["roc"] = {"fpr": fpr, "tpr": tpr, "thresholds": thr}
     return out
 
 
+def _accuracy_ci(scores, labels, folds, calibration, units, n_bootstrap, seed):
+    """Bootstrap interval of the protocol accuracy, thresholds refit per resample."""
+    if calibration is not None and (folds is None or len(np.unique(folds)) < 2):
+        n = len(scores)
+        c_scores, c_labels, c_units = calibration
+        all_scores, all_labels = np.r_[scores, c_scores], np.r_[labels, c_labels]
+        clusters = np.r_[units, np.asarray(c_units) + units.max() + 1]
+        strata = np.r_[np.zeros(n, int), np.ones(len(c_scores), int)]
+
+        def stat(i):
+            test, cal = i[i < n], i[i >= n]
+            calib = (all_scores[cal], all_labels[cal])
+            return protocol_accuracy(scores[test], labels[test], None, calib)["accuracy_mean"]
+
+        return M.cluster_bootstrap_ci(stat, clusters, n_bootstrap, seed, strata=strata)
+    split = folds if folds is not None and len(np.unique(folds)) >= 2 else stratified_folds(labels)
+
+    def stat(i):
+        try:  # a resample may leave a fold without scored pairs: dropped
+            return M.kfold_accuracy(scores[i], labels[i], split[i])["accuracy_mean"]
+        except ValueError:
+            return float("nan")
+
+    return M.cluster_bootstrap_ci(stat, units, n_bootstrap, seed)
+
+
 def _tar(scores: np.ndarray, labels: np.ndarray, far: float) -> float:
+    ok = ~np.isnan(scores)
+    scores, labels = scores[ok], labels[ok]
     if labels.all() or not labels.any():
         return float("nan")
     fpr, tpr, _ = M.roc(scores, labels)
     return M.tar_at_far(fpr, tpr, far)
+
+
+def embed_pairs(
+    model: nn.Module, images: PairImages, batch_size: int, device: str, flip: bool
+) -> np.ndarray:
+    """Unit embeddings (M, D) of a list's aligned images (flip TTA when ``flip``)."""
+    return embed_crops(model, images.crops, batch_size, device, flip)
+
+
+def measure_pairs(
+    pairs: Pairs,
+    images: PairImages,
+    embeddings: np.ndarray,
+    calibration: tuple[Pairs, PairImages, np.ndarray] | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Score and measure ``pairs`` from its images' unit embeddings (M, D); ``calibration``:
+    (pairs, images, embeddings) of the list a fold-less list takes its threshold from.
+
+    Returns :func:`verification_metrics`' dict plus ``n_pairs``, ``n_scored``, ``skipped``
+    (each unscorable pair and why; they count as errors in ``accuracy_mean``),
+    ``n_pairs_with_fallback`` and ``scores`` ((N,), NaN where skipped).
+    """
+    scores, skipped = score_pairs(embeddings, pairs, images.problems)
+    if np.isnan(scores).all():
+        raise ValueError(f"no pair of {pairs.source} could be scored: {skipped[:3]} ...")
+    calib = None
+    if calibration is not None:
+        c_pairs, c_images, c_emb = calibration
+        c_scores, _ = score_pairs(c_emb, c_pairs, c_images.problems)
+        ok = ~np.isnan(c_scores)
+        calib = (c_scores[ok], c_pairs.same[ok], resampling_units(c_pairs)[0][ok])
+    folds = pairs.fold if pairs.n_folds >= 2 else None
+    units = resampling_units(pairs)
+    out = verification_metrics(scores, pairs.same, folds, calib, n_bootstrap, seed, units)
+    uses_fallback = images.fallback[pairs.left] | images.fallback[pairs.right]
+    out.update(
+        n_pairs=len(pairs),
+        n_scored=int((~np.isnan(scores)).sum()),
+        skipped=skipped,
+        n_pairs_with_fallback=int(uses_fallback.sum()),
+        scores=scores,
+    )
+    if skipped:
+        out["unscored_note"] = (
+            f"{len(skipped)} of {len(pairs)} pairs could not be scored (see skipped): they count "
+            "as errors in accuracy_mean; accuracy_scored_only leaves them out; ROC, AUC, EER "
+            "and TAR@FAR are over the scored pairs"
+        )
+    return out
 
 
 def evaluate_pairs(
@@ -216,40 +347,21 @@ def evaluate_pairs(
     n_bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict:
-    """Embed, score and measure ``pairs``; the training loop's periodic validation calls this.
-
-    Returns :func:`verification_metrics`' dict plus ``n_pairs``, ``n_scored``, ``skipped``
-    (each unscorable pair and why), ``n_pairs_with_fallback`` and ``scores`` ((N,), NaN where
-    skipped).
-    """
-    emb = embed_crops(model, images.crops, batch_size, device, flip)
-    scores, skipped = score_pairs(emb, pairs, images.problems)
-    ok = ~np.isnan(scores)
-    if not ok.any():
-        raise ValueError(f"no pair of {pairs.source} could be scored: {skipped[:3]} ...")
+    """Embed, score and measure ``pairs`` (:func:`measure_pairs`), the calibration list's
+    images embedded too."""
+    emb = embed_pairs(model, images, batch_size, device, flip)
     calib = None
     if calibration is not None:
         c_pairs, c_images = calibration
-        c_emb = embed_crops(model, c_images.crops, batch_size, device, flip)
-        c_scores, _ = score_pairs(c_emb, c_pairs, c_images.problems)
-        c_ok = ~np.isnan(c_scores)
-        calib = (c_scores[c_ok], c_pairs.same[c_ok])
-    folds = pairs.fold[ok] if pairs.n_folds >= 2 else None
-    out = verification_metrics(scores[ok], pairs.same[ok], folds, calib, n_bootstrap, seed)
-    uses_fallback = images.fallback[pairs.left] | images.fallback[pairs.right]
-    out.update(
-        n_pairs=len(pairs),
-        n_scored=int(ok.sum()),
-        skipped=skipped,
-        n_pairs_with_fallback=int(uses_fallback.sum()),
-        scores=scores,
-    )
-    return out
+        calib = (c_pairs, c_images, embed_pairs(model, c_images, batch_size, device, flip))
+    return measure_pairs(pairs, images, emb, calib, n_bootstrap, seed)
 
 
-def leaked_identities(pairs: Pairs, training_identities: set[str]) -> list[str]:
-    """Identities of the evaluation pairs that also occur in the training data, sorted."""
+def leaked_identities(pairs: Pairs, training_identities: set[str]) -> list[str] | None:
+    """Identities of the evaluation pairs that also occur in the training data, sorted; None
+    when the list carries no identities (``.bin``: aligned crops only), so none can be
+    checked."""
     if pairs.root is None:
-        return []
+        return None
     used = {pairs.identity(k) for k in range(len(pairs.images))}
     return sorted(used & training_identities)

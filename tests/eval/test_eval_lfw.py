@@ -62,11 +62,16 @@ def test_devtest_slice_end_to_end(lfw_root, tmp_path):
     assert len(m["skipped"]) == 1 and "Aaron_Eckhart_0099.jpg" in m["skipped"][0]["reason"]
     assert "not found" in m["skipped"][0]["reason"]
     assert m["leaked_identities"] == ["Abdullah_Gul"]
+    assert m["accuracy_mean"] < m["accuracy_scored_only"]  # the unscorable pair is an error
     assert m["tar_at_far"]["1e-1"] is not None and m["tar_at_far"]["1e-2"] is None
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     for key in (
         "accuracy_mean",
         "accuracy_std",
+        "accuracy_sem",
+        "accuracy_scored_only",
+        "ci95_method",
+        "leakage_note",
         "fold_accuracies",
         "thresholds",
         "auc",
@@ -85,7 +90,8 @@ def test_devtest_slice_end_to_end(lfw_root, tmp_path):
     scores = np.array([float(r["score"]) for r in rows if r["score"]])
     same = np.array([r["same"] == "1" for r in rows if r["score"]])
     t = saved["thresholds"][0]
-    assert saved["accuracy_mean"] == pytest.approx(np.mean((scores > t) == same))
+    assert saved["accuracy_scored_only"] == pytest.approx(np.mean((scores > t) == same))
+    assert saved["accuracy_mean"] == pytest.approx(np.sum((scores > t) == same) / 62)
     assert (tmp_path / "out" / "roc.png").stat().st_size > 10_000
 
     # a second evaluation finds every pair image aligned: no detection runs
@@ -125,3 +131,18 @@ def test_view2_format_runs_the_fold_protocol(lfw_root, tmp_path):
     t0, _ = best_threshold(scores[12:], same[12:])
     assert m["thresholds"][0] == pytest.approx(t0)
     assert m["fold_accuracies"][0] == pytest.approx(np.mean((scores[:12] > t0) == same[:12]))
+
+
+def test_a_bin_list_reports_leakage_as_not_checked(lfw_root, tmp_path):
+    """A .bin carries aligned crops, no identities: leakage is null with a note, never []."""
+    from face_rec.data.pairs import write_bin
+
+    crops = np.random.default_rng(0).integers(0, 256, (40, 112, 112, 3), dtype=np.uint8)
+    write_bin(tmp_path / "x.bin", crops[:20], crops[20:], np.arange(20) % 2 == 0)
+    (tmp_path / "trained" / "Abdullah_Gul").mkdir(parents=True)
+    cfg = _cfg(tmp_path, lfw_root, tmp_path / "x.bin", "null", f"trained_on={tmp_path}/trained")
+    evaluate_from_config(cfg, tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["leaked_identities"] is None
+    assert saved["leakage_note"] == "not checked: this pair list carries no identities"
+    assert saved["accuracy_std"] is not None and saved["accuracy_sem"] is not None

@@ -111,14 +111,55 @@ def test_kfold_on_separable_data_is_perfect():
     assert len(out["fold_accuracies"]) == 10 and out["correct"].all()
 
 
-def test_bootstrap_ci_covers_the_estimate_and_is_seeded():
+def test_bootstrap_of_single_items_is_the_binomial_interval_and_seeded():
     rng = np.random.default_rng(2)
     correct = rng.random(1000) < 0.8
-    lo, hi = M.bootstrap_ci(lambda idx: correct[idx].mean(), len(correct), 500, seed=7)
+    units = np.arange(1000)
+    lo, hi = M.cluster_bootstrap_ci(lambda idx: correct[idx].mean(), units, 500, seed=7)
     assert lo < correct.mean() < hi and hi - lo < 0.07
-    assert (lo, hi) == M.bootstrap_ci(lambda idx: correct[idx].mean(), len(correct), 500, seed=7)
+    assert (lo, hi) == M.cluster_bootstrap_ci(lambda idx: correct[idx].mean(), units, 500, seed=7)
     # binomial standard error: half-width should be ~1.96 * sqrt(p(1-p)/n) = 0.0248
     assert (hi - lo) / 2 == pytest.approx(1.96 * np.sqrt(0.8 * 0.2 / 1000), rel=0.2)
+
+
+def test_cluster_bootstrap_widens_to_the_clusters_spread():
+    """20 clusters of 50 identical outcomes: 20 independent draws, not 1,000."""
+    cluster_acc = np.random.default_rng(3).random(20) < 0.8
+    correct = np.repeat(cluster_acc, 50)
+    units = np.repeat(np.arange(20), 50)
+    lo, hi = M.cluster_bootstrap_ci(lambda idx: correct[idx].mean(), units, 2000, seed=1)
+    p = cluster_acc.mean()
+    assert (hi - lo) / 2 == pytest.approx(1.96 * np.sqrt(p * (1 - p) / 20), rel=0.25)
+    plo, phi = M.cluster_bootstrap_ci(lambda idx: correct[idx].mean(), np.arange(1000), 500)
+    assert phi - plo < (hi - lo) / 3
+
+
+def test_cluster_bootstrap_draws_within_strata():
+    strata = np.r_[np.zeros(10, int), np.ones(90, int)]
+    sizes = []
+    M.cluster_bootstrap_ci(
+        lambda idx: sizes.append((idx < 10).sum()) or 0.0, np.arange(100), 50, strata=strata
+    )
+    assert set(sizes) == {10}  # each resample keeps 10 items of the small stratum
+
+
+def test_kfold_counts_unscored_pairs_as_errors():
+    labels = np.tile([True, False], 10)
+    scores = np.where(labels, 1.0, 0.0)
+    scores[[0, 3]] = np.nan  # two unscorable pairs, in folds 0 and 1
+    out = M.kfold_accuracy(scores, labels, np.repeat(np.arange(10), 2))
+    assert out["fold_accuracies"][:2] == [0.5, 0.5] and out["fold_accuracies"][2:] == [1.0] * 8
+    assert out["accuracy_mean"] == pytest.approx(0.9)
+    assert out["accuracy_scored_only"] == 1.0
+    assert not out["correct"][[0, 3]].any()
+
+
+def test_std_is_insightfaces_and_sem_the_lfw_pages():
+    accs = [0.99, 0.98, 1.0, 0.97, 0.99, 0.98, 0.99, 1.0, 0.96, 0.99]
+    out = M.fold_spread(accs)
+    assert out["accuracy_std"] == pytest.approx(np.std(accs))  # numpy default: population
+    assert out["accuracy_sem"] == pytest.approx(np.std(accs, ddof=1) / np.sqrt(10))
+    assert out["accuracy_sem"] < out["accuracy_std"]
 
 
 def test_bad_inputs_raise():

@@ -88,7 +88,7 @@ def test_protocol_choice_and_far_reporting():
     lo, hi = kf["ci95"]["accuracy"]
     assert lo < kf["accuracy_mean"] < hi
 
-    calib = (rng.normal(labels * 1.5, 1.0), labels)
+    calib = (rng.normal(labels * 1.5, 1.0), labels, np.arange(len(labels)))
     cal = verification_metrics(scores, labels, None, calibration=calib, n_bootstrap=50)
     t = cal["thresholds"][0]
     assert cal["accuracy_mean"] == pytest.approx(np.mean((scores > t) == labels))
@@ -123,10 +123,65 @@ def test_evaluate_pairs_end_to_end_on_a_bin(tmp_path):
     json.dumps({k: v for k, v in out.items() if k not in ("scores", "roc")})
 
 
-def test_leakage_names_shared_identities():
+def test_leakage_names_shared_identities_and_says_when_it_cannot_check():
     pairs = _pairs(root="x")
     assert leaked_identities(pairs, {"id1", "zed"}) == ["id1"]
     assert leaked_identities(pairs, {"zed"}) == []
+    assert leaked_identities(_pairs(root=None), {"id1"}) is None  # .bin: no identities
+
+
+def _identity_pairs(n_ids=40, per_id=10, seed=0, spread=1.0):
+    """Pairs grouped by identity whose difficulty varies by identity (as real lists do)."""
+    rng = np.random.default_rng(seed)
+    n = n_ids * per_id
+    images = [f"id{i:03d}/{k}.jpg" for i in range(n_ids) for k in range(2 * per_id)]
+    same = np.tile(np.arange(per_id) % 2 == 0, n_ids)
+    hard = np.repeat(rng.normal(0, spread, n_ids), per_id)  # per-identity offset
+    scores = rng.normal(same * 1.5 - hard * (2 * same - 1), 0.5)
+    pairs = Pairs(
+        images=images,
+        left=np.arange(0, 2 * n, 2),
+        right=np.arange(1, 2 * n, 2),
+        same=same,
+        fold=np.full(n, -1),
+        protocol="csv",
+        source="p.csv",
+        root="r",
+    )
+    return pairs, scores
+
+
+def test_bootstrap_resamples_identities_and_refits_thresholds():
+    from face_rec.eval.verification import resampling_units
+
+    pairs, scores = _identity_pairs()
+    units, name = resampling_units(pairs)
+    assert "identities" in name and len(np.unique(units)) == 40
+    by_id = verification_metrics(scores, pairs.same, None, n_bootstrap=300, units=(units, name))
+    by_pair = verification_metrics(scores, pairs.same, None, n_bootstrap=300)
+    width = np.diff(by_id["ci95"]["accuracy"])[0]
+    assert width > 1.3 * np.diff(by_pair["ci95"]["accuracy"])[0]  # correlated pairs: wider
+    assert "identities" in by_id["ci95_method"] and "refit" in by_id["ci95_method"]
+
+
+def test_unscored_pairs_count_as_errors_in_the_protocol_accuracy():
+    from face_rec.eval.verification import measure_pairs
+
+    pairs, _ = _identity_pairs(n_ids=20, per_id=10)
+    m = len(pairs.images)
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(m, 8))
+    emb[pairs.right] = np.where(pairs.same[:, None], emb[pairs.left], emb[pairs.right])
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)  # matched pairs identical: all right
+    problems = [""] * m
+    problems[int(pairs.right[3])] = "file not found"  # one missing image
+    images = PairImages(np.zeros((m, 2, 2, 3), np.uint8), problems, np.zeros(m, bool))
+    out = measure_pairs(pairs, images, emb, n_bootstrap=20)
+    assert out["n_scored"] == out["n_pairs"] - 1
+    assert out["accuracy_scored_only"] == 1.0
+    assert out["accuracy_mean"] == pytest.approx(1 - 1 / 200)  # 200 pairs, 10-fold: one wrong
+    assert out["accuracy_mean"] < out["accuracy_scored_only"]
+    assert "count as errors" in out["unscored_note"]
 
 
 def test_pair_images_are_read_from_a_current_dataset_pack(tmp_path):
