@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from face_rec import distributed as D
 from face_rec.align.cli import alignment_kwargs
 from face_rec.align.run import run_alignment
+from face_rec.config_check import check_config
 from face_rec.data.pack import read_summary
 from face_rec.data.pairs import load_pairs
 from face_rec.data.recordio import RecordDataset
@@ -212,6 +213,7 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     Under torchrun every rank calls this; rank 0's ``out_dir`` is used and only rank 0 writes.
     Ranks started with different configs stop with an error naming the keys that differ.
     """
+    check_config(cfg)  # before any data is read or a model built
     info = D.init_distributed(cfg.trainer.backend)
     out_dir = Path(D.broadcast_object(str(out_dir)))
     config = OmegaConf.to_container(cfg, resolve=True)

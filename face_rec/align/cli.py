@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from face_rec.align.run import run_alignment
+from face_rec.config_check import check_config
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ def alignment_kwargs(align: DictConfig) -> dict:
 
 def align_from_config(cfg: DictConfig) -> dict:
     """Run the alignment job described by ``cfg`` (see ``conf/align.yaml``); return its summary."""
+    check_config(cfg)
     input_dir = Path(cfg.input_dir)
     if not input_dir.is_dir():
         raise FileNotFoundError(

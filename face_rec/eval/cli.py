@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from face_rec.align.cli import alignment_kwargs
+from face_rec.config_check import check_config
 from face_rec.data.pack import SUMMARY_NAME, read_manifest, read_summary
 from face_rec.data.pairs import Pairs, load_pairs
 from face_rec.eval.report import plot_roc, write_metrics, write_roc, write_scores
@@ -89,6 +90,7 @@ def prepare_pair_images(pairs: Pairs, cfg: DictConfig) -> PairImages:
 
 def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Run ``eval_lfw.py``: metrics.json, scores.csv, roc.png and config.yaml into ``out_dir``."""
+    check_config(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs_path = Path(cfg.pairs) if cfg.pairs else default_pairs(Path(cfg.data.root))
