@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from face_rec.data.pairs import Pairs, load_pairs
-from face_rec.eval.verification import PairImages
+from face_rec.eval.verification import PairImages, stratified_folds
 from face_rec.report import find_runs, read_run
 
 
@@ -77,11 +77,16 @@ def load_run_pairs(run_dir: str | Path) -> RunPairs:
 
 
 def _thresholds(val: dict, pairs: Pairs) -> np.ndarray:
+    """The threshold the protocol applied to each pair: its fold's (the list's folds, or the
+    stratified folds of 10-fold CV over a list without any), or the calibration list's."""
     t = np.asarray(val["thresholds"], float)
-    folds = np.unique(pairs.fold[pairs.fold >= 0])
-    if len(t) > 1 and len(folds) == len(t):  # the fold protocol: each fold's own threshold
-        return t[np.searchsorted(folds, pairs.fold)]
-    return np.full(len(pairs), t[0] if len(t) == 1 else np.median(t))
+    if len(t) == 1:
+        return np.full(len(pairs), t[0])
+    folds = pairs.fold if pairs.n_folds >= 2 else stratified_folds(pairs.same)
+    ids = np.unique(folds)
+    if len(ids) != len(t):
+        raise ValueError(f"{len(t)} thresholds in metrics.json for {len(ids)} folds of the pairs")
+    return t[np.searchsorted(ids, folds)]
 
 
 def hardest_errors(rp: RunPairs, k: int = 8) -> dict[str, np.ndarray]:

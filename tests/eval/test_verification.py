@@ -227,3 +227,18 @@ def test_pair_images_are_read_from_a_current_dataset_pack(tmp_path):
         align_pair_images(pairs, tmp_path / "cache", never, workers=0, reuse=reuse)
     run = align_pair_images(pairs, tmp_path / "cache", FakeDetector, workers=0, reuse=reuse)
     np.testing.assert_array_equal(run.crops, got.crops)  # aligned afresh: the same crops
+
+
+def test_error_analysis_applies_each_pairs_own_cv_threshold():
+    """A list without folds scored by 10-fold CV: each pair's threshold is its CV fold's, as the
+    protocol applied it (not the median over folds)."""
+    from face_rec.analysis import _thresholds
+
+    pairs, scores = _identity_pairs(n_ids=20, per_id=10, spread=2.0)
+    m = verification_metrics(scores, pairs.same, None, n_bootstrap=5)
+    t = _thresholds(m, pairs)
+    folds = stratified_folds(pairs.same)
+    correct = (scores > t) == pairs.same
+    for f in range(10):
+        assert correct[folds == f].mean() == pytest.approx(m["fold_accuracies"][f])
+    assert len(np.unique(t)) > 1
