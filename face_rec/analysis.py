@@ -43,11 +43,13 @@ class RunPairs:
         return self.images.crops[self.pairs.left[i]], self.images.crops[self.pairs.right[i]]
 
 
-def best_run(sweep_dir: str | Path, metric: str = "accuracy") -> Path:
-    """The run directory of a sweep (or any folder of runs) with the highest ``metric``."""
+def best_run(sweep_dir: str | Path, metric: str = "select_accuracy") -> Path:
+    """The run directory of a sweep (or any folder of runs) with the highest ``metric``: by
+    default the model-selection list's accuracy, not the reported test list's."""
     runs = [r for r in map(read_run, find_runs(Path(sweep_dir))) if r.status == "ok"]
+    runs = [r for r in runs if r.values.get(metric) is not None]
     if not runs:
-        raise FileNotFoundError(f"no finished runs under {sweep_dir}")
+        raise FileNotFoundError(f"no finished runs with {metric} under {sweep_dir}")
     return max(runs, key=lambda r: r.values[metric]).path
 
 

@@ -219,6 +219,7 @@ class ValConfig:
 
     pairs: Path | None
     calibration_pairs: Path | None
+    select: Path | None
     image_root: Path | None
 
 

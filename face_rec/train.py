@@ -20,7 +20,7 @@ from face_rec.align.cli import alignment_kwargs
 from face_rec.align.run import run_alignment
 from face_rec.config_check import check_config
 from face_rec.data.pack import read_summary
-from face_rec.data.pairs import load_pairs
+from face_rec.data.pairs import Pairs, load_pairs
 from face_rec.data.recordio import RecordDataset
 from face_rec.data.samplers import BalancedBatches, IdentityBatches, RandomBatches, class_weights
 from face_rec.data.train_set import AlignedFolder, Source, TrainSet
@@ -29,7 +29,7 @@ from face_rec.engine.schedule import make_scheduler
 from face_rec.engine.trainer import Hook, Trainer
 from face_rec.eval.cli import prepare_pair_images, resolve_device
 from face_rec.eval.report import write_roc, write_scores
-from face_rec.eval.verification import evaluate_pairs
+from face_rec.eval.verification import PairImages, embed_pairs, measure_pairs
 from face_rec.models.partial_fc import PartialFC
 from face_rec.utils.checkpoint import load_checkpoint
 from face_rec.utils.io import write_json
@@ -107,25 +107,69 @@ class RunStats(Hook):
         }
 
 
-def validation_fn(cfg: DictConfig, device: str):
-    """model -> verification metrics on ``cfg.val.pairs`` (pair images aligned once, cached)."""
-    pairs = load_pairs(cfg.val.pairs, cfg.val.image_root)
-    images = prepare_pair_images(pairs, cfg)
-    calibration = None
-    if pairs.n_folds < 2 and cfg.val.calibration_pairs:
-        c_pairs = load_pairs(cfg.val.calibration_pairs, cfg.val.image_root)
-        calibration = (c_pairs, prepare_pair_images(c_pairs, cfg))
-    return functools.partial(
-        evaluate_pairs,
-        pairs=pairs,
-        images=images,
-        batch_size=cfg.eval.batch_size,
-        device=device,
-        flip=cfg.eval.flip,
-        calibration=calibration,
-        n_bootstrap=cfg.eval.n_bootstrap,
-        seed=cfg.eval.seed,
-    )
+class PairValidation:
+    """model -> {"test": metrics of ``val.pairs`` (threshold from ``val.calibration_pairs`` when
+    it has no folds), "select": metrics of ``val.select`` (its own folds, else 10-fold CV over
+    its own pairs; no bootstrap)}; "select" is absent when ``val.select`` is null.
+
+    The test list is what the run reports; the selection list chooses ``best.pt`` and the value
+    returned to sweepers, so that no model is selected on the list whose number is reported.
+    Each list's images are aligned once per run and embedded once per validation.
+    """
+
+    def __init__(self, cfg: DictConfig, device: str) -> None:
+        self.cfg, self.device, self.lists = cfg, device, {}
+        self.test = self.pair_list(cfg.val.pairs)
+        calib = cfg.val.calibration_pairs
+        self.calibration = self.pair_list(calib) if self.pairs.n_folds < 2 and calib else None
+        self.select = self.pair_list(cfg.val.select) if cfg.val.select else None
+
+    @property
+    def pairs(self) -> Pairs:
+        """The test list's pairs (scores.csv follows them)."""
+        return self.test[0]
+
+    def pair_list(self, path: str) -> tuple[Pairs, PairImages]:
+        if path not in self.lists:
+            pairs = load_pairs(path, self.cfg.val.image_root)
+            self.lists[path] = (pairs, prepare_pair_images(pairs, self.cfg))
+        return self.lists[path]
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, dict]:
+        e, embedded = self.cfg.eval, {}
+
+        def embed(lst: tuple[Pairs, PairImages]) -> tuple:
+            if id(lst) not in embedded:
+                embedded[id(lst)] = embed_pairs(model, lst[1], e.batch_size, self.device, e.flip)
+            return (*lst, embedded[id(lst)])
+
+        calib = embed(self.calibration) if self.calibration is not None else None
+        out = {"test": measure_pairs(*embed(self.test), calib, e.n_bootstrap, e.seed)}
+        if self.select is not None:
+            out["select"] = measure_pairs(*embed(self.select), None, 0, e.seed)
+        return out
+
+
+def model_selection(cfg: DictConfig, validation: H.Validation) -> dict:
+    """What chose ``best.pt`` and the sweep objective, and what the reported number tests."""
+    tested = f"{cfg.val.pairs} (final step; threshold: {validation.latest['test']['protocol']})"
+    if cfg.val.select:
+        selected = f"{cfg.val.select} ({validation.latest['select']['protocol']})"
+        note = "the reported list took no part in choosing the model"
+    else:
+        selected = f"{cfg.val.pairs}: the reported list itself"
+        note = (
+            "OPTIMISTIC: best.pt and the sweep objective were chosen on the reported list; "
+            "set val.select to another list"
+        )
+    return {
+        "selected_on": selected,
+        "tested_on": tested,
+        "best_checkpoint": "checkpoints/best.pt",
+        "best_step": validation.best_step,
+        "best_selection_accuracy": validation.best_value,
+        "note": note,
+    }
 
 
 def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation | None, RunStats]:
@@ -158,9 +202,9 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation
     validation = None
     if cfg.val.pairs:
         validation = H.Validation(
-            validation_fn(cfg, device) if main else None,
+            PairValidation(cfg, device) if main else None,
             cfg.trainer.eval_every,
-            name=Path(cfg.val.pairs).stem,
+            names={"test": Path(cfg.val.pairs).stem, "select": Path(cfg.val.select or ".").stem},
             tensorboard=tb,
         )
     stats = RunStats()
@@ -248,14 +292,19 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     if not info.is_main:
         return metrics
     if validation is not None and validation.latest is not None:
-        m = validation.latest
-        metrics["val"] = {k: v for k, v in m.items() if k not in ("scores", "roc")}
+        test = validation.latest["test"]
+        chosen = validation.latest.get("select", test)
+        metrics["val"] = {k: v for k, v in test.items() if k not in ("scores", "roc")}
+        if "select" in validation.latest:
+            metrics["select"] = {k: v for k, v in chosen.items() if k not in ("scores", "roc")}
+        metrics["model_selection"] = model_selection(cfg, validation)
         metrics["val_history"] = validation.history
-        metrics["val/accuracy"] = m["accuracy_mean"]
-        metrics["val/eer"] = m["eer"]
-        write_roc(out_dir / "roc.csv", m["roc"])
+        metrics["val/accuracy"] = test["accuracy_mean"]
+        metrics["val/eer"] = test["eer"]
+        metrics["select/accuracy"] = chosen["accuracy_mean"]
+        write_roc(out_dir / "roc.csv", test["roc"])
         # per-pair scores of the final validation, for error analysis (notebooks/compare_runs)
-        write_scores(out_dir / "scores.csv", validation.evaluate.keywords["pairs"], m["scores"])
+        write_scores(out_dir / "scores.csv", validation.evaluate.pairs, test["scores"])
     write_json(out_dir / "metrics.json", metrics)
     return metrics
 

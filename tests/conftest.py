@@ -65,7 +65,8 @@ TINY = [
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    """A 6-identity pack of synthetic images and a 20-pair .bin validation list."""
+    """A 6-identity pack of synthetic images, a 20-pair .bin test list and another 20-pair
+    .bin selection list."""
     import numpy as np
 
     from face_rec.align.run import run_alignment
@@ -78,6 +79,8 @@ def tiny(tmp_path_factory):
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (40, 112, 112, 3), dtype=np.uint8)
     write_bin(tmp / "val.bin", crops[:20], crops[20:], np.arange(20) % 2 == 0)
+    crops = rng.integers(0, 256, (40, 112, 112, 3), dtype=np.uint8)
+    write_bin(tmp / "select.bin", crops[:20], crops[20:], np.arange(20) % 2 == 1)
     return tmp
 
 
@@ -87,5 +90,6 @@ def tiny_args(tiny) -> list[str]:
         *TINY,
         f"train_data.sources.lfw.pack_dir={tiny}/pack",
         f"val.pairs={tiny}/val.bin",
+        f"val.select={tiny}/select.bin",
         f"paths.pack_dir={tiny}/packs",
     ]

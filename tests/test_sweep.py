@@ -103,7 +103,7 @@ def test_optuna_search_maximises_the_metric_train_py_returns(tiny, tmp_path):
         "hydra.sweeper.n_trials=3",
         "hydra.sweeper.sampler.n_startup_trials=2",
     )
-    accs = [json.loads(p.read_text())["val/accuracy"] for p in out.glob("*/metrics.json")]
+    accs = [json.loads(p.read_text())["select/accuracy"] for p in out.glob("*/metrics.json")]
     assert len(accs) == 3
     best = yaml.safe_load((out / "optimization_results.yaml").read_text())
     assert best["best_value"] == max(accs)

@@ -93,16 +93,17 @@ class TensorBoard(Hook):
         if step % self.hist_every == 0:
             self.writer.add_histogram("train/embedding_norm", m["embedding_norms"], step)
 
-    def log_validation(self, step: int, name: str, metrics: dict) -> None:
+    def log_validation(self, step: int, name: str, metrics: dict, prefix: str = "val") -> None:
+        """``<prefix>/<name>/{accuracy,eer,auc,tar_at_far_*}`` scalars and the ROC figure."""
         from face_rec.eval.report import plot_roc_figure
 
-        self.writer.add_scalar(f"val/{name}/accuracy", metrics["accuracy_mean"], step)
-        self.writer.add_scalar(f"val/{name}/eer", metrics["eer"], step)
-        self.writer.add_scalar(f"val/{name}/auc", metrics["auc"], step)
+        self.writer.add_scalar(f"{prefix}/{name}/accuracy", metrics["accuracy_mean"], step)
+        self.writer.add_scalar(f"{prefix}/{name}/eer", metrics["eer"], step)
+        self.writer.add_scalar(f"{prefix}/{name}/auc", metrics["auc"], step)
         for key, tar in metrics["tar_at_far"].items():
             if tar is not None:
-                self.writer.add_scalar(f"val/{name}/tar_at_far_{key}", tar, step)
-        self.writer.add_figure(f"val/{name}/roc", plot_roc_figure({name: metrics}), step)
+                self.writer.add_scalar(f"{prefix}/{name}/tar_at_far_{key}", tar, step)
+        self.writer.add_figure(f"{prefix}/{name}/roc", plot_roc_figure({name: metrics}), step)
         self.writer.flush()
 
     def after_train(self, trainer: Trainer) -> None:
@@ -110,26 +111,30 @@ class TensorBoard(Hook):
 
 
 class Validation(Hook):
-    """Verification on a pair list every ``every`` steps and at the end (``evaluate``: a function
-    model -> metrics dict). Keeps ``history``, the latest result and whether it is the best so far
-    by ``metric`` (higher is better).
+    """Verification every ``every`` steps and at the end. ``evaluate``: a function model ->
+    {"test": metrics, "select": metrics (optional)}: the list the run reports and the list that
+    selects the model. Keeps ``history``, the latest results and whether the selection list's
+    ``metric`` (the test list's when there is none) is the best so far (higher is better).
 
     Under torchrun only rank 0 evaluates (the others pass ``evaluate=None``) and tells the others
     whether the result improved, so that all of them take part in saving ``best.pt``."""
+
+    PREFIX = {"test": "val", "select": "select"}  #: TensorBoard tag prefix of each list
 
     def __init__(
         self,
         evaluate,
         every: int,
-        name: str = "val",
+        names: dict[str, str] | None = None,
         metric: str = "accuracy_mean",
         tensorboard: TensorBoard | None = None,
     ) -> None:
-        self.evaluate, self.every, self.name, self.metric = evaluate, every, name, metric
+        self.evaluate, self.every, self.metric = evaluate, every, metric
+        self.names = names or {"test": "val", "select": "select"}
         self.tensorboard = tensorboard
         self.history: list[dict] = []
         self.latest: dict | None = None
-        self.best_value = -math.inf
+        self.best_value, self.best_step = -math.inf, None
         self.improved = False
 
     def after_step(self, trainer: Trainer) -> None:
@@ -141,30 +146,36 @@ class Validation(Hook):
             self.improved = D.broadcast_object(self.improved)
 
     def run(self, trainer: Trainer) -> None:
-        start = time.perf_counter()
-        m = self.evaluate(trainer.model)
-        self.latest = m
-        value = m[self.metric]
+        start, step = time.perf_counter(), trainer.state.step
+        results = self.evaluate(trainer.model)
+        self.latest = results
+        value = results.get("select", results["test"])[self.metric]
         self.improved = value > self.best_value
-        self.best_value = max(self.best_value, value)
-        summary = {
-            "step": trainer.state.step,
-            "accuracy": m["accuracy_mean"],
-            "eer": m["eer"],
-            "auc": m["auc"],
-            "tar_at_far": m["tar_at_far"],
-            "seconds": round(time.perf_counter() - start, 1),
-        }
+        if self.improved:
+            self.best_value, self.best_step = value, step
+        summary = {"step": step, **{k: _summary(m) for k, m in results.items()}}
+        summary["seconds"] = round(time.perf_counter() - start, 1)
         self.history.append(summary)
-        log.info("validation %s at step %d: %s", self.name, trainer.state.step, summary)
+        log.info("validation at step %d: %s", step, summary)
         if self.tensorboard is not None:
-            self.tensorboard.log_validation(trainer.state.step, self.name, m)
+            for key, m in results.items():
+                self.tensorboard.log_validation(step, self.names[key], m, self.PREFIX[key])
 
     def state_dict(self) -> dict:
-        return {"history": self.history, "best_value": self.best_value}
+        return {"history": self.history, "best_value": self.best_value, "best_step": self.best_step}
 
     def load_state_dict(self, state: dict) -> None:
         self.history, self.best_value = state["history"], state["best_value"]
+        self.best_step = state.get("best_step")
+
+
+def _summary(m: dict) -> dict:
+    return {
+        "accuracy": m["accuracy_mean"],
+        "eer": m["eer"],
+        "auc": m["auc"],
+        "tar_at_far": m["tar_at_far"],
+    }
 
 
 class Checkpoint(Hook):

@@ -227,7 +227,12 @@ def verification_metrics(
     fpr, tpr, thr = M.roc(s, y)
     n_neg = int((~y).sum())
     out.update(auc=M.auc(fpr, tpr), eer=M.eer(fpr, tpr), tar_at_far={}, tar_at_far_notes={})
-    ci = {"accuracy": _accuracy_ci(scores, labels, folds, calibration, units[0], n_bootstrap, seed)}
+    boot = n_bootstrap > 0
+    ci = {}
+    if boot:
+        ci["accuracy"] = _accuracy_ci(
+            scores, labels, folds, calibration, units[0], n_bootstrap, seed
+        )
     for key, far in FARS.items():
         if not M.far_supported(n_neg, far):
             out["tar_at_far"][key] = None
@@ -237,14 +242,17 @@ def verification_metrics(
             )
             continue
         out["tar_at_far"][key] = M.tar_at_far(fpr, tpr, far)
-        ci[f"tar_at_far_{key}"] = M.cluster_bootstrap_ci(
-            lambda i, far=far: _tar(scores[i], labels[i], far), units[0], n_bootstrap, seed
-        )
+        if boot:
+            ci[f"tar_at_far_{key}"] = M.cluster_bootstrap_ci(
+                lambda i, far=far: _tar(scores[i], labels[i], far), units[0], n_bootstrap, seed
+            )
     out["ci95"] = {k: [lo, hi] for k, (lo, hi) in ci.items()}
     out["ci95_method"] = (
         f"percentile bootstrap, {n_bootstrap} resamples of whole {units[1]}"
         + ("; the calibration list resampled alike" if calibration is not None else "")
         + "; the protocol's threshold(s) refit inside every resample"
+        if boot
+        else "not computed (n_bootstrap=0)"
     )
     out["roc"] = {"fpr": fpr, "tpr": tpr, "thresholds": thr}
     return out

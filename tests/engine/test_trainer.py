@@ -228,12 +228,14 @@ def test_full_run_writes_checkpoints_metrics_and_validation(pack, tmp_path):
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (20, 112, 112, 3), dtype=np.uint8)
     write_bin(tmp_path / "val.bin", crops[:10], crops[10:], np.arange(10) % 2 == 0)
+    write_bin(tmp_path / "sel.bin", crops[5:15], crops[:10], np.arange(10) % 2 == 1)
     cfg = _cfg(
         pack,
         tmp_path,
         "model=mobilefacenet",
         "model.input_size=32",
         f"val.pairs={tmp_path}/val.bin",
+        f"val.select={tmp_path}/sel.bin",
         "eval.n_bootstrap=10",
         "trainer.max_steps=4",
         "trainer.eval_every=2",
@@ -244,6 +246,14 @@ def test_full_run_writes_checkpoints_metrics_and_validation(pack, tmp_path):
     assert metrics["train"]["steps"] == 4 and len(metrics["val_history"]) == 2
     assert 0 <= metrics["val/accuracy"] <= 1
     assert (out / "metrics.json").is_file() and (out / "config.yaml").is_file()
+    # the model is selected on sel.bin, never on val.bin whose number is reported
+    sel = metrics["model_selection"]
+    assert "sel.bin" in sel["selected_on"] and "val.bin" in sel["tested_on"]
+    assert metrics["select/accuracy"] == metrics["select"]["accuracy_mean"]
+    accs = [h["select"]["accuracy"] for h in metrics["val_history"]]
+    assert sel["best_step"] == metrics["val_history"][int(np.argmax(accs))]["step"]
+    best = load_checkpoint(out / "checkpoints" / "best.pt")
+    assert best["trainer"]["step"] == sel["best_step"]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(out / "tensorboard")).Reload()
@@ -258,6 +268,7 @@ def test_full_run_writes_checkpoints_metrics_and_validation(pack, tmp_path):
         "val/val/accuracy",
         "val/val/eer",
         "val/val/auc",
+        "select/sel/accuracy",
     } <= scalars
     assert "val/val/roc" in events.Tags()["images"]
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
