@@ -151,6 +151,7 @@ class TrainDataConfig:
     min_images_per_identity: int
     include_fallbacks: bool
     class_weight_power: float | None
+    holdout_fraction: float
     aligned_folder: Path | None
     rec: Path | None
     idx: Path | None
@@ -205,7 +206,7 @@ class TrainerConfig:
     precision: str
     channels_last: bool
     grad_clip: float | None
-    grad_clip_scope: str
+    grad_clip_scope: Literal["backbone", "all"]
     accum_steps: int
     num_workers: int
     log_every: int
@@ -215,7 +216,8 @@ class TrainerConfig:
 
 @dataclass
 class ValConfig:
-    """conf/val/*.yaml (``face_rec.train.validation_fn``)."""
+    """conf/val/*.yaml (``face_rec.train.PairValidation``); ``select``: a pair list or
+    ``holdout``."""
 
     pairs: Path | None
     calibration_pairs: Path | None
@@ -225,7 +227,7 @@ class ValConfig:
 
 @dataclass
 class EvalConfig:
-    """conf/eval/default.yaml (``evaluate_from_config``, ``validation_fn``)."""
+    """conf/eval/default.yaml (``evaluate_from_config``, ``PairValidation``)."""
 
     batch_size: int
     device: str

@@ -19,6 +19,7 @@ from face_rec import distributed as D
 from face_rec.align.cli import alignment_kwargs
 from face_rec.align.run import run_alignment
 from face_rec.config_check import check_config
+from face_rec.data.holdout import holdout_pairs
 from face_rec.data.pack import read_summary
 from face_rec.data.pairs import Pairs, load_pairs
 from face_rec.data.recordio import RecordDataset
@@ -71,7 +72,10 @@ def training_data(cfg: DictConfig) -> TrainSet | AlignedFolder | RecordDataset:
     D.barrier()
     sources = [Source(s.pack_dir, s.get("identities")) for s in cfg.train_data.sources.values()]
     return TrainSet(
-        sources, cfg.train_data.min_images_per_identity, cfg.train_data.include_fallbacks
+        sources,
+        cfg.train_data.min_images_per_identity,
+        cfg.train_data.include_fallbacks,
+        cfg.train_data.get("holdout_fraction") or 0.0,
     )
 
 
@@ -111,18 +115,36 @@ class PairValidation:
     """model -> {"test": metrics of ``val.pairs`` (threshold from ``val.calibration_pairs`` when
     it has no folds), "select": metrics of ``val.select`` (its own folds, else 10-fold CV over
     its own pairs; no bootstrap)}; "select" is absent when ``val.select`` is null.
+    ``val.select=holdout``: pairs of the identities the training data held out
+    (:func:`~face_rec.data.holdout.holdout_pairs`).
 
     The test list is what the run reports; the selection list chooses ``best.pt`` and the value
     returned to sweepers, so that no model is selected on the list whose number is reported.
     Each list's images are aligned once per run and embedded once per validation.
     """
 
-    def __init__(self, cfg: DictConfig, device: str) -> None:
+    def __init__(self, cfg: DictConfig, device: str, dataset=None) -> None:
         self.cfg, self.device, self.lists = cfg, device, {}
         self.test = self.pair_list(cfg.val.pairs)
         calib = cfg.val.calibration_pairs
         self.calibration = self.pair_list(calib) if self.pairs.n_folds < 2 and calib else None
-        self.select = self.pair_list(cfg.val.select) if cfg.val.select else None
+        self.select = None
+        if cfg.val.select == "holdout":
+            if not getattr(dataset, "held_rows", None):
+                raise ValueError(
+                    "val.select=holdout: the training data holds out no identities; set "
+                    "train_data.holdout_fraction (packs only) or val.select=<pair list>"
+                )
+            self.select = holdout_pairs(dataset, seed=cfg.seed)
+        elif cfg.val.select:
+            self.select = self.pair_list(cfg.val.select)
+        if self.select is None or self.select is self.test:
+            log.warning(
+                "no selection list apart from the test list %s: best.pt and the sweep objective "
+                "are chosen on the list whose number is reported (optimistic); set val.select",
+                cfg.val.pairs,
+            )
+            self.select = None
 
     @property
     def pairs(self) -> Pairs:
@@ -130,10 +152,11 @@ class PairValidation:
         return self.test[0]
 
     def pair_list(self, path: str) -> tuple[Pairs, PairImages]:
-        if path not in self.lists:
+        key = str(Path(path).resolve())  # one list read and embedded once, however it is named
+        if key not in self.lists:
             pairs = load_pairs(path, self.cfg.val.image_root)
-            self.lists[path] = (pairs, prepare_pair_images(pairs, self.cfg))
-        return self.lists[path]
+            self.lists[key] = (pairs, prepare_pair_images(pairs, self.cfg))
+        return self.lists[key]
 
     def __call__(self, model: torch.nn.Module) -> dict[str, dict]:
         e, embedded = self.cfg.eval, {}
@@ -153,8 +176,15 @@ class PairValidation:
 def model_selection(cfg: DictConfig, validation: H.Validation) -> dict:
     """What chose ``best.pt`` and the sweep objective, and what the reported number tests."""
     tested = f"{cfg.val.pairs} (final step; threshold: {validation.latest['test']['protocol']})"
-    if cfg.val.select:
-        selected = f"{cfg.val.select} ({validation.latest['select']['protocol']})"
+    select = validation.latest.get("select")
+    if select is not None:
+        what = cfg.val.select
+        if what == "holdout":
+            what = (
+                f"{select['n_pairs']} pairs of the identities held out of training "
+                f"(train_data.holdout_fraction={cfg.train_data.holdout_fraction})"
+            )
+        selected = f"{what} ({select['protocol']})"
         note = "the reported list took no part in choosing the model"
     else:
         selected = f"{cfg.val.pairs}: the reported list itself"
@@ -202,7 +232,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation
     validation = None
     if cfg.val.pairs:
         validation = H.Validation(
-            PairValidation(cfg, device) if main else None,
+            PairValidation(cfg, device, dataset) if main else None,
             cfg.trainer.eval_every,
             names={"test": Path(cfg.val.pairs).stem, "select": Path(cfg.val.select or ".").stem},
             tensorboard=tb,

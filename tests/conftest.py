@@ -60,6 +60,7 @@ TINY = [
     "trainer.device=cpu",
     "eval.n_bootstrap=10",
     "train_data.sources.lfw.identities=null",
+    "train_data.holdout_fraction=0",
 ]
 
 

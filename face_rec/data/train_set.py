@@ -3,6 +3,7 @@ labels remapped to one contiguous range."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,15 @@ def read_people(path: str | Path) -> list[str]:
     return [f[0] for f in lines]
 
 
+def held_out(name: str, fraction: float) -> bool:
+    """Whether identity ``name`` falls in the held-out ``fraction``: a stable hash of the name
+    alone, so the split is the same whatever else a source holds, on every machine and run."""
+    if fraction <= 0:
+        return False
+    h = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big")
+    return h / 2**64 < fraction
+
+
 @dataclass
 class Source:
     """One training source: a pack, optionally restricted to the identities listed in a file."""
@@ -37,11 +47,16 @@ class TrainSet(Dataset):
     Identities are keyed by (source index, identity) so equal names in two sources stay apart;
     those with fewer than ``min_images`` images are left out. Labels follow sorted keys. Crops
     of status ``fallback`` (no face found: a centred guess) are left out unless
-    ``include_fallbacks``.
+    ``include_fallbacks``. A ``holdout`` fraction of the identities (:func:`held_out`) is kept
+    out of training for model selection: ``held_rows`` lists their (source, row) pairs.
     """
 
     def __init__(
-        self, sources: Sequence[Source | dict], min_images: int = 1, include_fallbacks: bool = False
+        self,
+        sources: Sequence[Source | dict],
+        min_images: int = 1,
+        include_fallbacks: bool = False,
+        holdout: float = 0.0,
     ) -> None:
         self.parts: list[PackedFaces] = []
         keys = []
@@ -55,7 +70,8 @@ class TrainSet(Dataset):
         uniq, inverse, counts = np.unique(
             np.array([f"{s}\0{n}" for s, n in keys]), return_inverse=True, return_counts=True
         )
-        keep = counts[inverse] >= min_images
+        out = np.array([held_out(n, holdout) for _, n in keys], dtype=bool)
+        keep = (counts[inverse] >= min_images) & ~out
         kept_ids = np.unique(inverse[keep])
         remap = np.full(len(uniq), -1)
         remap[kept_ids] = np.arange(len(kept_ids))
@@ -65,6 +81,9 @@ class TrainSet(Dataset):
         flat = np.arange(offsets[-1])[keep]
         self.part_of = np.searchsorted(offsets, flat, side="right") - 1
         self.row_of = flat - offsets[self.part_of]
+        held = np.flatnonzero(out)
+        part = np.searchsorted(offsets, held, side="right") - 1
+        self.held_rows = list(zip(part.tolist(), (held - offsets[part]).tolist(), strict=True))
         if len(self.labels) == 0:
             raise ValueError(f"no training images with >= {min_images} per identity in {sources}")
 

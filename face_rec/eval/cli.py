@@ -53,7 +53,7 @@ def training_identities(path: str | Path) -> set[str]:
 def checkpoint_training_identities(path: str | Path) -> set[str] | None:
     """The identities a checkpoint was trained on, from the training data its config records
     (identity lists, packs or an aligned folder); None when it records none."""
-    from face_rec.data.train_set import read_people
+    from face_rec.data.train_set import held_out, read_people
     from face_rec.utils.checkpoint import load_checkpoint
 
     data = (load_checkpoint(path, mmap=True).get("config") or {}).get("train_data") or {}
@@ -65,7 +65,8 @@ def checkpoint_training_identities(path: str | Path) -> set[str] | None:
             names |= set(read_people(source["identities"]))
         elif source.get("pack_dir") and read_summary(source["pack_dir"]) is not None:
             names |= training_identities(source["pack_dir"])
-    return names or None
+    fraction = data.get("holdout_fraction") or 0.0  # held out for model selection: not trained
+    return {n for n in names if not held_out(n, fraction)} or None
 
 
 def build_model(cfg: DictConfig) -> torch.nn.Module:

@@ -33,6 +33,7 @@ def _cfg(pack, tmp_path, *overrides):
         else [
             f"train_data.sources.lfw.pack_dir={pack}",
             "train_data.sources.lfw.identities=null",
+            "train_data.holdout_fraction=0",
         ]
     )
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
