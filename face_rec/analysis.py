@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from face_rec.data.pairs import Pairs, load_pairs
 from face_rec.eval.verification import PairImages, stratified_folds
 from face_rec.report import find_runs, read_run
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,11 +48,19 @@ class RunPairs:
 
 def best_run(sweep_dir: str | Path, metric: str = "select_accuracy") -> Path:
     """The run directory of a sweep (or any folder of runs) with the highest ``metric``: by
-    default the model-selection list's accuracy, not the reported test list's."""
+    default the model-selection list's accuracy, not the reported test list's. Runs made before
+    selection lists existed have none: then the test accuracy, with a warning."""
     runs = [r for r in map(read_run, find_runs(Path(sweep_dir))) if r.status == "ok"]
-    runs = [r for r in runs if r.values.get(metric) is not None]
     if not runs:
-        raise FileNotFoundError(f"no finished runs with {metric} under {sweep_dir}")
+        raise FileNotFoundError(f"no finished runs under {sweep_dir}")
+    if metric == "select_accuracy" and all(r.values.get(metric) is None for r in runs):
+        log.warning(
+            "%s: no run has a selection-list accuracy (made before val.select existed, or "
+            "eval_lfw runs): picking by the test accuracy, which is optimistic",
+            sweep_dir,
+        )
+        metric = "accuracy"
+    runs = [r for r in runs if r.values.get(metric) is not None]
     return max(runs, key=lambda r: r.values[metric]).path
 
 

@@ -52,6 +52,12 @@ class Pairs:
     def n_folds(self) -> int:
         return int(self.fold.max()) + 1 if len(self) and self.fold.min() >= 0 else 0
 
+    @property
+    def has_identities(self) -> bool:
+        """Whether every image sits in an identity folder (``<identity>/<file>``): a ``.bin``
+        (aligned crops only) or a CSV of flat file names carries no identities."""
+        return self.root is not None and all("/" in p for p in self.images)
+
     def identity(self, k: int) -> str:
         """Identity of image ``k``: the first path component (the identity folder)."""
         return self.images[k].split("/")[0]
@@ -185,6 +191,8 @@ class _BinUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),  # arrays at pickle protocol 5
+        ("numpy._core.numeric", "_frombuffer"),
     }
 
     def find_class(self, module: str, name: str):

@@ -196,16 +196,17 @@ def scan_labels(rec_path: Path, index: dict[int, int]) -> tuple[np.ndarray, np.n
     every record in ``index``; the header and identity records are left out."""
     from tqdm import tqdm
 
-    keys, labels = [], []
     order = sorted(index)
-    quiet = len(order) <= _PROGRESS_OVER
+    keys = np.empty(len(order), np.int64)  # arrays, not lists: 17M records stay ~270 MB
+    labels = np.empty(len(order), np.int64)
+    n, quiet = 0, len(order) <= _PROGRESS_OVER
     with open(rec_path, "rb", buffering=0) as fh:  # unbuffered: read a few bytes, not 8 KiB
         for key in tqdm(order, desc=f"labels of {rec_path.name}", unit="rec", disable=quiet):
             label = record_label(fh, key, index[key])
             if label is not None:
-                keys.append(key)
-                labels.append(int(label))
-    return np.array(keys, np.int64), np.array(labels, np.int64)
+                keys[n], labels[n] = key, int(label)
+                n += 1
+    return keys[:n].copy(), labels[:n].copy()
 
 
 def _idx_stamp(idx_path: Path) -> np.ndarray:

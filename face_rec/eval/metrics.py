@@ -81,9 +81,15 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float
     return float(candidates[k]), float(acc[k])
 
 
-def kfold_accuracy(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> dict:
+def kfold_accuracy(
+    scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, source: np.ndarray | None = None
+) -> dict:
     """The LFW protocol: for each fold, the threshold maximising accuracy on the other folds
     scores the held-out fold.
+
+    ``source`` (N,): where the folds are copies drawn by a bootstrap over folds, each item's
+    original fold; a fold's threshold is then fitted on items of other original folds only (a
+    fold drawn twice must not train on its own copy). Default: ``folds``.
 
     ``scores`` may hold NaN for pairs that could not be scored: they take no part in choosing
     thresholds and count as errors (the protocol is over every pair of the list).
@@ -100,12 +106,13 @@ def kfold_accuracy(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) ->
     ids = np.unique(folds)
     if len(ids) < 2:
         raise ValueError(f"k-fold accuracy needs at least 2 folds, got {ids.tolist()}")
+    source = folds if source is None else np.asarray(source)
     scored = ~np.isnan(scores)
     accs, accs_scored, thresholds = [], [], []
     correct = np.zeros(len(scores), dtype=bool)
     for f in ids:
         test = folds == f
-        train = ~test & scored
+        train = ~np.isin(source, source[test]) & scored
         t, _ = best_threshold(scores[train], labels[train])
         correct[test] = (scores[test] > t) == labels[test]
         correct[test & ~scored] = False
@@ -140,6 +147,7 @@ def cluster_bootstrap_ci(
     seed: int = 0,
     level: float = 0.95,
     strata: np.ndarray | None = None,
+    with_draws: bool = False,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic(indices)`` resampling whole clusters.
 
@@ -148,6 +156,8 @@ def cluster_bootstrap_ci(
     of all their items (repeated as drawn). ``strata`` (N,): clusters are drawn within each
     stratum separately (e.g. a test list and the list its threshold is fitted on). NaN results
     are dropped. Items of one cluster are thus never split between "in" and "out".
+    ``with_draws``: ``statistic(indices, draws)``, ``draws`` numbering the draw each item came
+    from, so that a cluster drawn twice can count as two.
     """
     clusters = np.asarray(clusters)
     strata = np.zeros(len(clusters), np.int64) if strata is None else np.asarray(strata)
@@ -161,7 +171,12 @@ def cluster_bootstrap_ci(
     values = []
     for _ in range(n_resamples):
         picks = [g[k] for g in groups for k in rng.integers(0, len(g), len(g))]
-        values.append(statistic(np.concatenate(picks)))
+        idx = np.concatenate(picks)
+        if with_draws:
+            draws = np.repeat(np.arange(len(picks)), [len(p) for p in picks])
+            values.append(statistic(idx, draws))
+        else:
+            values.append(statistic(idx))
     values = np.asarray(values, dtype=np.float64)
     values = values[~np.isnan(values)]
     if len(values) == 0:

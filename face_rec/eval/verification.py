@@ -137,7 +137,7 @@ def resampling_units(pairs: Pairs) -> tuple[np.ndarray, str]:
     image. Otherwise the list's folds (insightface ``.bin``: 10 blocks of other people); else
     single pairs, which understates the spread, and the name says so.
     """
-    if pairs.root is not None:
+    if pairs.has_identities:
         ids = np.array([pairs.identity(k) for k in pairs.left])
         if len(np.unique(ids)) >= 20:
             return np.unique(ids, return_inverse=True)[1], "identities (of each pair's first image)"
@@ -247,8 +247,10 @@ def verification_metrics(
                 lambda i, far=far: _tar(scores[i], labels[i], far), units[0], n_bootstrap, seed
             )
     out["ci95"] = {k: [lo, hi] for k, (lo, hi) in ci.items()}
+    few = len(np.unique(units[0])) < 30
     out["ci95_method"] = (
         f"percentile bootstrap, {n_bootstrap} resamples of whole {units[1]}"
+        + (" (few units: a percentile interval under-covers)" if few else "")
         + ("; the calibration list resampled alike" if calibration is not None else "")
         + "; the protocol's threshold(s) refit inside every resample"
         if boot
@@ -274,14 +276,18 @@ def _accuracy_ci(scores, labels, folds, calibration, units, n_bootstrap, seed):
 
         return M.cluster_bootstrap_ci(stat, clusters, n_bootstrap, seed, strata=strata)
     split = folds if folds is not None and len(np.unique(folds)) >= 2 else stratified_folds(labels)
+    n_units, n_folds = len(np.unique(units)), len(np.unique(split))
+    by_fold = n_units == n_folds == len(set(zip(units.tolist(), split.tolist(), strict=True)))
+    # the units are the folds themselves (a .bin): each drawn copy is a fold of its own
 
-    def stat(i):
+    def stat(i, draws):
+        folds_i, source = (draws, split[i]) if by_fold else (split[i], None)
         try:  # a resample may leave a fold without scored pairs: dropped
-            return M.kfold_accuracy(scores[i], labels[i], split[i])["accuracy_mean"]
+            return M.kfold_accuracy(scores[i], labels[i], folds_i, source)["accuracy_mean"]
         except ValueError:
             return float("nan")
 
-    return M.cluster_bootstrap_ci(stat, units, n_bootstrap, seed)
+    return M.cluster_bootstrap_ci(stat, units, n_bootstrap, seed, with_draws=True)
 
 
 def _tar(scores: np.ndarray, labels: np.ndarray, far: float) -> float:
@@ -367,9 +373,9 @@ def evaluate_pairs(
 
 def leaked_identities(pairs: Pairs, training_identities: set[str]) -> list[str] | None:
     """Identities of the evaluation pairs that also occur in the training data, sorted; None
-    when the list carries no identities (``.bin``: aligned crops only), so none can be
-    checked."""
-    if pairs.root is None:
+    when the list carries no identities (``.bin``: aligned crops only; a CSV of flat file
+    names), so none can be checked."""
+    if not pairs.has_identities:
         return None
     used = {pairs.identity(k) for k in range(len(pairs.images))}
     return sorted(used & training_identities)

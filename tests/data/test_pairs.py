@@ -128,11 +128,12 @@ def test_bin_pickle_naming_other_globals_is_refused(tmp_path):
         read_bin(tmp_path / "evil.bin")
 
 
-def test_bin_with_numpy_buffers_and_numpy_bools_loads(tmp_path):
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_bin_with_numpy_buffers_and_numpy_bools_loads(tmp_path, protocol):
     crops = _crops(20, 3)
     bins = [np.frombuffer(_png(c), np.uint8) for c in crops]
     issame = list(np.arange(10) % 2 == 0)  # numpy bools
-    (tmp_path / "np.bin").write_bytes(pickle.dumps((bins, issame)))
+    (tmp_path / "np.bin").write_bytes(pickle.dumps((bins, issame), protocol=protocol))
     pairs = read_bin(tmp_path / "np.bin")
     np.testing.assert_array_equal(pairs.crops, crops)
     assert pairs.same.tolist() == [bool(v) for v in issame]

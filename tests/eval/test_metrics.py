@@ -143,6 +143,23 @@ def test_cluster_bootstrap_draws_within_strata():
     assert set(sizes) == {10}  # each resample keeps 10 items of the small stratum
 
 
+def test_kfold_over_drawn_copies_never_trains_on_its_own_copy():
+    """A bootstrap over folds draws fold 0 twice: each copy is a test fold of its own, and its
+    threshold is fitted on the other original folds only, not on its twin."""
+    base = np.array([0.9, 0.8, 0.2, 0.1])
+    lab = np.array([True, True, False, False])
+    scores = np.r_[base - 0.45, base - 0.45, base, base]  # fold 0 twice, then folds 1, 2
+    labels = np.tile(lab, 4)
+    draws = np.repeat([0, 1, 2, 3], 4)
+    source = np.repeat([0, 0, 1, 2], 4)
+    out = M.kfold_accuracy(scores, labels, draws, source)
+    t_other, _ = M.best_threshold(np.r_[base, base], np.r_[lab, lab])
+    assert out["thresholds"][0] == out["thresholds"][1] == pytest.approx(t_other)
+    assert out["fold_accuracies"][0] == pytest.approx(np.mean(((base - 0.45) > t_other) == lab))
+    assert out["fold_accuracies"][0] < 1.0  # trained on its twin it would be perfect
+    assert len(out["fold_accuracies"]) == 4  # the copy counts as a fold
+
+
 def test_kfold_counts_unscored_pairs_as_errors():
     labels = np.tile([True, False], 10)
     scores = np.where(labels, 1.0, 0.0)

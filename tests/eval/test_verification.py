@@ -128,6 +128,9 @@ def test_leakage_names_shared_identities_and_says_when_it_cannot_check():
     assert leaked_identities(pairs, {"id1", "zed"}) == ["id1"]
     assert leaked_identities(pairs, {"zed"}) == []
     assert leaked_identities(_pairs(root=None), {"id1"}) is None  # .bin: no identities
+    flat = _pairs(root="x")
+    flat.images = [p.replace("/", "_") for p in flat.images]  # a CSV of flat file names
+    assert leaked_identities(flat, {"id1_2.jpg"}) is None
 
 
 def _identity_pairs(n_ids=40, per_id=10, seed=0, spread=1.0):
