@@ -103,6 +103,7 @@ class TopLevelConfig:
     seed: int
     resume: bool | Path
     optimized_metric: str | None
+    init_from: Path | None
     partial_fc: float | None
     checkpoint: Path | None
     pairs: Path | None
@@ -207,6 +208,8 @@ class TrainerConfig:
     channels_last: bool
     grad_clip: float | None
     grad_clip_scope: Literal["backbone", "all"]
+    backbone_lr_scale: float
+    freeze_stages: int
     accum_steps: int
     num_workers: int
     log_every: int

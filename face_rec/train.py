@@ -31,6 +31,7 @@ from face_rec.engine.trainer import Hook, Trainer
 from face_rec.eval.cli import prepare_pair_images, resolve_device
 from face_rec.eval.report import write_roc, write_scores
 from face_rec.eval.verification import PairImages, embed_pairs, measure_pairs
+from face_rec.models.backbones.resnet import freeze_stages
 from face_rec.models.partial_fc import PartialFC
 from face_rec.utils.checkpoint import load_checkpoint
 from face_rec.utils.io import write_json
@@ -77,6 +78,17 @@ def training_data(cfg: DictConfig) -> TrainSet | AlignedFolder | RecordDataset:
         cfg.train_data.include_fallbacks,
         cfg.train_data.get("holdout_fraction") or 0.0,
     )
+
+
+def param_groups(
+    model: torch.nn.Module, others: tuple, lr: float, backbone_lr_scale: float = 1.0
+) -> list[dict]:
+    """Optimizer groups: the backbone's trainable parameters at ``lr x backbone_lr_scale``
+    (fine-tuning a loaded model gently), the head's and loss's at ``lr``."""
+    backbone = [p for p in model.parameters() if p.requires_grad]
+    rest = [p for m in others if m is not None for p in m.parameters() if p.requires_grad]
+    groups = [{"params": backbone, "lr": lr * backbone_lr_scale}]
+    return groups + ([{"params": rest, "lr": lr}] if rest else [])
 
 
 def make_plan(cfg: DictConfig, labels: np.ndarray, world: int = 1):
@@ -220,8 +232,10 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation
         loss_fn = PartialFC(cfg.model.embedding_dim, dataset.num_classes, loss_fn, cfg.partial_fc)
     elif cfg.head.module is not None:
         head = instantiate(cfg.head.module, num_classes=dataset.num_classes)
-    params = [p for m in (model, head, loss_fn) if m is not None for p in m.parameters()]
-    optimizer = instantiate(cfg.optimizer)(params)
+    frozen = freeze_stages(model, cfg.trainer.freeze_stages)
+    optimizer = instantiate(cfg.optimizer)(
+        param_groups(model, (head, loss_fn), cfg.optimizer.lr, cfg.trainer.backbone_lr_scale)
+    )
     scheduler = make_scheduler(optimizer, cfg.trainer.max_steps, **cfg.scheduler)
     weight = (
         class_weights(dataset.labels, cfg.train_data.class_weight_power)
@@ -264,6 +278,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation
         weight,
         cfg.trainer.num_workers,
         cfg.trainer.grad_clip_scope,
+        frozen,
     )
     return trainer, validation, stats
 

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from face_rec import distributed as D
 from face_rec.data.augment import Augment
 from face_rec.models.partial_fc import PartialFC
+from face_rec.models.preprocess import FACE_REC
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class Hook:
 class Trainer:
     """Trains ``model`` (+ ``head``) with ``loss_fn`` over batch plans of ``dataset``.
 
-    One step = ``accum_steps`` micro-batches then one optimizer update. After each step
+    ``frozen``: modules left untrained (fine-tuning): kept in eval mode. One step =
+    ``accum_steps`` micro-batches then one optimizer update. After each step
     ``self.metrics`` holds loss, accuracy, grad norm, LR, images/s and the data-wait fraction.
 
     Under torchrun (a process group of W ranks) the plan's batches are global: rank r trains on
@@ -69,6 +71,7 @@ class Trainer:
         class_weight: np.ndarray | None = None,
         num_workers: int = 0,
         grad_clip_scope: str = "backbone",
+        frozen: Sequence[nn.Module] = (),
     ) -> None:
         self.model, self.head, self.loss_fn = model, head, loss_fn
         self.optimizer, self.scheduler, self.dataset, self.plan = (
@@ -85,7 +88,7 @@ class Trainer:
                 f"trainer.grad_clip_scope={grad_clip_scope!r}: use backbone (insightface: the "
                 "class centres are not clipped) or all (backbone and head together)"
             )
-        self.grad_clip_scope = grad_clip_scope
+        self.grad_clip_scope, self.frozen = grad_clip_scope, list(frozen)
         if channels_last and self.device.type == "cpu" and _has_8_channel_conv(model):
             log.warning(
                 "trainer.channels_last is off for this model: on CPU, torch's channels_last "
@@ -135,6 +138,8 @@ class Trainer:
         """One optimizer step over ``micro`` batches of (uint8 images, labels, data wait s)."""
         start = time.perf_counter()
         self.model.train()
+        for m in self.frozen:  # frozen stages keep their loaded BatchNorm statistics
+            m.eval()
         losses, correct, seen, embeddings = [], 0, 0, None
         for images, labels, _ in micro:
             x = self.augment(images.to(self.device, non_blocking=True))
@@ -242,6 +247,7 @@ class Trainer:
         }
         return {
             "model": self.model.state_dict(),
+            "preprocessing": getattr(self.model, "preprocessing", FACE_REC).as_dict(),
             "head": self.head.state_dict() if self.head is not None else None,
             "loss": self.loss_fn.state_dict(),
             "optimizer": optimizer,

@@ -17,30 +17,50 @@ def conv_bn(
 
 
 class Residual(nn.Module):
-    """``y = act(branch(x) + shortcut(x))``; the shortcut is a 1x1 conv + BN when shapes change."""
+    """``y = act(branch(x) + shortcut(x))``; the shortcut is a 1x1 conv + BN when shapes change,
+    or with ``pool_shortcut`` a parameter-free 1x1 max-pool (a strided subsample) when only the
+    resolution does (the IR units of AdaFace / face.evoLVe)."""
 
     def __init__(
-        self, branch: nn.Module, cin: int, cout: int, stride: int, act: nn.Module | None = None
+        self,
+        branch: nn.Module,
+        cin: int,
+        cout: int,
+        stride: int,
+        act: nn.Module | None = None,
+        pool_shortcut: bool = False,
     ) -> None:
         super().__init__()
         self.branch = branch
-        self.shortcut = (
-            nn.Identity()
-            if stride == 1 and cin == cout
-            else nn.Sequential(*conv_bn(cin, cout, 1, stride))
-        )
+        if stride == 1 and cin == cout:
+            self.shortcut = nn.Identity()
+        elif pool_shortcut and cin == cout:
+            self.shortcut = nn.MaxPool2d(1, stride)
+        else:
+            self.shortcut = nn.Sequential(*conv_bn(cin, cout, 1, stride))
         self.act = act or nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.branch(x) + self.shortcut(x))
 
 
-def ibasic(cin: int, cout: int, stride: int) -> nn.Module:
-    """ArcFace IResNet unit: BN-conv3x3-BN-PReLU-conv3x3(stride)-BN, plus the shortcut."""
-    branch = nn.Sequential(
+def _ibasic_branch(cin: int, cout: int, stride: int) -> nn.Sequential:
+    """BN-conv3x3-BN-PReLU-conv3x3(stride)-BN (no activation after the sum)."""
+    return nn.Sequential(
         nn.BatchNorm2d(cin), *conv_bn(cin, cout), nn.PReLU(cout), *conv_bn(cout, cout, 3, stride)
     )
-    return Residual(branch, cin, cout, stride)
+
+
+def ibasic(cin: int, cout: int, stride: int) -> nn.Module:
+    """ArcFace IResNet unit (insightface ``IBasicBlock``): the branch above, shortcut a 1x1 conv
+    + BN whenever the stride or width changes."""
+    return Residual(_ibasic_branch(cin, cout, stride), cin, cout, stride)
+
+
+def ir(cin: int, cout: int, stride: int) -> nn.Module:
+    """IR unit (AdaFace's ``BasicBlockIR``): the same branch; the shortcut is a parameter-free
+    strided max-pool where the width is kept, a 1x1 conv + BN where it changes."""
+    return Residual(_ibasic_branch(cin, cout, stride), cin, cout, stride, pool_shortcut=True)
 
 
 def basic(cin: int, cout: int, stride: int) -> nn.Module:
@@ -75,29 +95,54 @@ def residual_stages(unit, cin: int, widths: Sequence[int], depths: Sequence[int]
 
 
 class EmbeddingNeck(nn.Module):
-    """ArcFace neck: BN2d - dropout - flatten - FC - BN1d. (B, C, h, w) -> (B, D)."""
+    """ArcFace neck: BN2d - dropout - flatten - FC - BN1d. (B, C, h, w) -> (B, D).
 
-    def __init__(self, channels: int, spatial: int, embedding_dim: int, dropout: float) -> None:
+    ``feature_scale`` sets the final BN1d's affine part: ``learned`` (weight and bias trained),
+    ``fixed`` (insightface's IResNet: weight fixed at 1, bias trained) or ``none`` (AdaFace's IR:
+    no affine part).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        spatial: int,
+        embedding_dim: int,
+        dropout: float,
+        feature_scale: str = "learned",
+    ) -> None:
         super().__init__()
+        if feature_scale not in ("learned", "fixed", "none"):
+            raise ValueError(f"feature_scale {feature_scale!r}: use learned, fixed or none")
         self.bn = nn.BatchNorm2d(channels)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(channels * spatial * spatial, embedding_dim)
-        self.features = nn.BatchNorm1d(embedding_dim)
+        self.features = nn.BatchNorm1d(embedding_dim, affine=feature_scale != "none")
+        if feature_scale == "fixed":
+            nn.init.ones_(self.features.weight)
+            self.features.weight.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dropout(self.bn(x)).flatten(1)
         return self.features(self.fc(x))
 
 
-def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal convs and linears, unit BN; the last BN of each residual branch at zero
-    would hide it entirely, so it keeps weight 1 (as in ArcFace's IResNet)."""
+def init_weights(model: nn.Module, scheme: str = "kaiming") -> None:
+    """Initialise ``model`` in place; BN at weight 1, bias 0 in both schemes (the last BN of each
+    residual branch at zero would hide it entirely, so it keeps weight 1, as ArcFace's IResNet).
+
+    ``kaiming``: Kaiming-normal convs and linears (fan out), zero biases. ``insightface``: as
+    arcface_torch's ``iresnet.py``: convs N(0, 0.1), linears left at PyTorch's default.
+    """
+    if scheme not in ("kaiming", "insightface"):
+        raise ValueError(f"init scheme {scheme!r}: use kaiming or insightface")
     for m in model.modules():
-        if isinstance(m, nn.Conv2d | nn.Linear):
+        if isinstance(m, nn.Conv2d) and scheme == "insightface":
+            nn.init.normal_(m.weight, 0.0, 0.1)
+        elif isinstance(m, nn.Conv2d | nn.Linear) and scheme == "kaiming":
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) and m.affine:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 

@@ -23,8 +23,12 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
+def create_model(name: str, weights: str | None = None, **kwargs) -> nn.Module:
     """Build the backbone ``name``: a module mapping (B, 3, H, W) in [-1, 1] to (B, D) embeddings.
+
+    ``weights``: a face_rec checkpoint, insightface ``backbone.pth`` or AdaFace ``.ckpt`` loaded
+    into it (:mod:`face_rec.models.published`); a model trained on another input convention
+    (AdaFace: BGR) comes wrapped so that it still takes face_rec's RGB input.
 
     Raises:
         ValueError: unknown name (the message lists the registered ones).
@@ -32,7 +36,12 @@ def create_model(name: str, **kwargs) -> nn.Module:
     _import_backbones()
     if name not in _MODELS:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(sorted(_MODELS))}")
-    return _MODELS[name](**kwargs)
+    model = _MODELS[name](**kwargs)
+    if weights:
+        from face_rec.models.published import adapt_loaded
+
+        model = adapt_loaded(model, weights)
+    return model
 
 
 def _import_backbones() -> None:

@@ -43,7 +43,11 @@ def load_checkpoint(
 
 
 def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the backbone recorded in a checkpoint's config and load its weights."""
+    """Rebuild the backbone recorded in a checkpoint's config and load its weights; a model
+    trained on another input convention (fine-tuned from AdaFace: BGR) comes wrapped as it was
+    trained (the checkpoint's ``preprocessing``)."""
+    from face_rec.models.preprocess import FACE_REC, Preprocessing, adapt
+
     ckpt = load_checkpoint(path, map_location)
     try:
         spec = dict(ckpt["config"]["model"])
@@ -51,6 +55,13 @@ def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "
     except (KeyError, TypeError) as e:
         raise ValueError(f"checkpoint {str(path)!r} lacks 'model' weights or 'config.model'") from e
     spec.pop("_target_", None)
-    model = create_model(spec.pop("name"), **spec)
+    spec.pop("weights", None)  # the initial weights: the checkpoint's own replace them
+    saved = ckpt.get("preprocessing")
+    pre = (
+        Preprocessing(**{k: tuple(v) if k != "colour" else v for k, v in saved.items()})
+        if saved
+        else FACE_REC
+    )
+    model = adapt(create_model(spec.pop("name"), **spec), pre)
     model.load_state_dict(state)
     return model

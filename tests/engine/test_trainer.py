@@ -171,7 +171,7 @@ def test_resume_applies_the_configs_lr_weight_decay_and_momentum(pack, tmp_path)
     trainer, _, _ = build_trainer(_cfg(pack, tmp_path, *over, "trainer.max_steps=3"), tmp_path)
     trainer.train()
     saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    assert saved["scheduler"]["base_lrs"] == [0.1]
+    assert saved["scheduler"]["base_lrs"] == [0.1, 0.1]  # backbone, head
     changed = [*over, "optimizer.lr=0.01", "optimizer.weight_decay=1e-3", "optimizer.momentum=0.5"]
     trainer, _, _ = build_trainer(_cfg(pack, tmp_path, *changed), tmp_path)
     trainer.load_state_dict(saved)
@@ -179,7 +179,7 @@ def test_resume_applies_the_configs_lr_weight_decay_and_momentum(pack, tmp_path)
     group = trainer.optimizer.param_groups[0]
     assert group["lr"] == pytest.approx(0.01 * factor)
     assert (group["weight_decay"], group["momentum"]) == (1e-3, 0.5)
-    assert trainer.scheduler.base_lrs == [0.01]
+    assert trainer.scheduler.base_lrs == [0.01, 0.01]
     trainer.train()
     assert trainer.metrics["lr"] == pytest.approx(0.01 * trainer.scheduler.lr_lambdas[0](5))
 

@@ -1,0 +1,47 @@
+"""Fine-tuning from published weights: init_from, a lower backbone LR, frozen stages."""
+
+from __future__ import annotations
+
+import torch
+
+from face_rec.models.published import load_model
+from face_rec.train import build_trainer, train_from_config
+from face_rec.utils.checkpoint import load_checkpoint, model_from_checkpoint
+
+from ..models.test_published import adaface_state
+from .test_trainer import _cfg, pack  # noqa: F401  (the tiny pack fixture)
+
+
+def test_fine_tune_from_an_adaface_ckpt_with_frozen_stages(pack, tmp_path):  # noqa: F811
+    sd = adaface_state()
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in sd.items()}}
+    torch.save(ckpt, tmp_path / "ada.ckpt")
+    over = [
+        "model=ir18",
+        "model.input_size=32",
+        "model.embedding_dim=512",
+        f"init_from={tmp_path}/ada.ckpt",
+        "trainer.freeze_stages=1",
+        "trainer.backbone_lr_scale=0.1",
+        "trainer.max_steps=3",
+    ]
+    trainer, _, _ = build_trainer(_cfg(pack, tmp_path, *over), tmp_path / "probe")
+    groups = trainer.optimizer.param_groups
+    assert groups[0]["lr"] == groups[1]["lr"] * 0.1  # backbone at a tenth (same schedule)
+    start = load_model(tmp_path / "ada.ckpt")
+    m = train_from_config(_cfg(pack, tmp_path, *over), tmp_path / "run")
+    assert m["train"]["steps"] == 3
+    tuned = model_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt").eval()
+    assert tuned.preprocessing.colour == "BGR"  # AdaFace's convention travels with the model
+    core, before = tuned.backbone, start.backbone
+    frozen = [core.stem, core.body[0], core.body[1]]  # stem + stage 1 of ir18
+    for a, b in zip(frozen, [before.stem, before.body[0], before.body[1]], strict=True):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            assert torch.equal(x, y), name  # weights and BatchNorm statistics untouched
+    assert not torch.equal(core.body[2].branch[1].weight, before.body[2].branch[1].weight)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    again = load_model(tmp_path / "run" / "checkpoints" / "last.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), tuned(x))
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert saved["preprocessing"]["colour"] == "BGR"
