@@ -84,7 +84,7 @@ _UNRESOLVED = _Unresolved()
 
 @dataclass
 class TopLevelConfig:
-    """Top-level keys of conf/train.yaml, conf/eval_lfw.yaml and conf/align.yaml."""
+    """Top-level keys of conf/train.yaml, eval_lfw.yaml, align.yaml, embed.yaml, export.yaml."""
 
     paths: dict
     data: dict
@@ -113,6 +113,20 @@ class TopLevelConfig:
     input_dir: Path
     output_dir: Path
     limit: int | None
+    calibrate_far: float | None  # eval_lfw.yaml
+    aligned: bool  # embed.yaml
+    batch_size: int
+    device: str
+    flip: bool
+    chunk_size: int
+    model_name: str | None
+    format: Literal["onnx", "torchscript"]  # export.yaml
+    output: Path | None
+    opset: int
+    parity_pack: Path | None
+    parity_images: int
+    parity_atol: float
+    parity_rtol: float
 
 
 @dataclass

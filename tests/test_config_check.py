@@ -18,6 +18,7 @@ from .conftest import REPO, TINY
 CONF = REPO / "conf"
 # group options that need a value the yaml leaves mandatory (???)
 NEEDS = {
+    "model=onnx": ["model.path=/models/m.onnx"],
     "train_data=aligned_folder": ["train_data.aligned_folder=/data/crops112"],
     "train_data=recordio": ["train_data.rec=/data/train.rec"],
 }
@@ -45,7 +46,12 @@ def test_default_configs_pass(name):
 
 @pytest.mark.parametrize(
     "option",
-    _options("head", "model", "experiment", "optimizer", "scheduler", "train_data", "data"),
+    [  # an ONNX model evaluates, it does not train
+        o
+        for o in _options("head", "model", "experiment", "optimizer", "scheduler", "train_data")
+        + _options("data")
+        if o != "model=onnx"
+    ],
 )
 def test_every_config_option_passes(option):
     cfg = _compose("train", option, *NEEDS.get(option, []))
@@ -57,7 +63,8 @@ def test_every_config_option_passes(option):
 
 @pytest.mark.parametrize("model", _options("model"))
 def test_eval_with_every_model_passes(model):
-    check_config(_compose("eval_lfw", model, "checkpoint=/runs/x/last.pt", "pairs=/p.bin"))
+    extra = NEEDS.get(model, [])
+    check_config(_compose("eval_lfw", model, "checkpoint=/runs/x/last.pt", "pairs=/p.bin", *extra))
 
 
 def test_the_overrides_of_the_tests_pass():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -13,6 +14,7 @@ from face_rec.align.cli import alignment_kwargs
 from face_rec.config_check import check_config
 from face_rec.data.pack import SUMMARY_NAME, read_manifest, read_summary
 from face_rec.data.pairs import Pairs, load_pairs
+from face_rec.eval.metrics import far_supported, threshold_at_far
 from face_rec.eval.report import plot_roc, write_metrics, write_roc, write_scores
 from face_rec.eval.verification import (
     PairImages,
@@ -21,6 +23,7 @@ from face_rec.eval.verification import (
     leaked_identities,
 )
 from face_rec.utils.checkpoint import model_from_checkpoint
+from face_rec.utils.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +73,14 @@ def checkpoint_training_identities(path: str | Path) -> set[str] | None:
 
 
 def build_model(cfg: DictConfig) -> torch.nn.Module:
+    """The checkpoint's model; else a model config that carries its own weights (``model=onnx
+    model.path=...``, ``model.weights=...``); else the config's backbone, randomly initialised
+    (a chance-level floor)."""
     if cfg.checkpoint:
         return model_from_checkpoint(cfg.checkpoint)
+    onnx_model = cfg.model.get("_target_") == "face_rec.models.onnx_model.OnnxModel"
+    if onnx_model or cfg.model.get("weights"):
+        return instantiate(cfg.model)
     log.warning(
         "no checkpoint= given: evaluating a RANDOMLY INITIALISED %s (a chance-level "
         "sanity floor, not a result)",
@@ -96,6 +105,8 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs_path = Path(cfg.pairs) if cfg.pairs else default_pairs(Path(cfg.data.root))
     pairs = load_pairs(pairs_path, cfg.image_root)
+    if cfg.calibrate_far is not None:  # before any embedding: can this list resolve the FAR?
+        check_far(int((~pairs.same).sum()), cfg.calibrate_far, pairs_path)
     device = resolve_device(cfg.eval.device)
     model = build_model(cfg).to(device)
     calibration = None
@@ -120,6 +131,7 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
         calibration_pairs=str(calib_path) if calibration else None,
         checkpoint=cfg.checkpoint,
         model=cfg.model.name if not cfg.checkpoint else None,
+        model_file=None if cfg.checkpoint else cfg.model.get("path") or cfg.model.get("weights"),
         flip=cfg.eval.flip,
     )
     trained = None
@@ -144,7 +156,84 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     plot_roc(out_dir / "roc.png", {pairs_path.name: metrics}, title=f"{pairs_path.name}")
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     print(summary_line(metrics) + f" -> {out_dir}")
+    if cfg.calibrate_far is not None:
+        t = write_threshold(
+            out_dir / "threshold.json",
+            metrics["scores"],
+            pairs.same,
+            cfg.calibrate_far,
+            pairs=str(pairs_path),
+            checkpoint=cfg.checkpoint,
+            model=None if cfg.checkpoint else cfg.model.get("path") or cfg.model.name,
+            flip=cfg.eval.flip,
+        )
+        print(
+            f"threshold {t['threshold']:.6f} for FAR {t['far_target']:g} (achieved "
+            f"{t['far_achieved']:.2e}, TAR {t['tar_at_threshold']:.4f}) -> {out_dir}/threshold.json"
+        )
     return metrics
+
+
+def check_far(n_negative: int, far: float, pairs: str | Path) -> None:
+    """Raise a clear error when ``n_negative`` mismatched pairs cannot resolve ``far``."""
+    if not 0 < far < 1:
+        raise ValueError(f"calibrate_far={far!r} must be a rate in (0, 1), e.g. 1e-3")
+    if not far_supported(n_negative, far):
+        raise ValueError(
+            f"calibrate_far={far:g} cannot be calibrated on {pairs}: its {n_negative} mismatched "
+            f"pairs allow no false accept at that rate (n_negative x FAR < 1; needs at least "
+            f"{int(np.ceil(1 / far - 1e-9))}); use a pair list with more mismatched pairs or a "
+            "larger calibrate_far"
+        )
+
+
+def write_threshold(
+    path: str | Path,
+    scores: np.ndarray,
+    same: np.ndarray,
+    far: float,
+    pairs: str,
+    checkpoint: str | None,
+    model: str | None,
+    flip: bool,
+) -> dict:
+    """Write ``threshold.json``: the deployment threshold at false accept rate ``far`` on these
+    pairs (:func:`face_rec.eval.metrics.threshold_at_far` over the scored pairs: ``scores``
+    (N,) cosine, NaN where unscored; ``same`` (N,) bool). Returns what it wrote."""
+    scored = ~np.isnan(np.asarray(scores, dtype=np.float64))
+    labels = np.asarray(same, dtype=bool)
+    n_neg, n_pos = int((~labels & scored).sum()), int((labels & scored).sum())
+    check_far(n_neg, far, pairs)
+    threshold, far_achieved, tar = threshold_at_far(scores, labels, far)
+    if not np.isfinite(threshold):
+        raise ValueError(
+            f"no score threshold reaches FAR <= {far:g} on {pairs}: the highest-scoring "
+            "mismatched pairs tie above the allowed number of false accepts"
+        )
+    embedding = "normalize(f(x) + f(flip(x)))" if flip else "normalize(f(x))"
+    record = {
+        "far_target": far,
+        "threshold": threshold,
+        "far_achieved": far_achieved,
+        "tar_at_threshold": tar,
+        "n_negative_pairs": n_neg,
+        "n_positive_pairs": n_pos,
+        "pairs": pairs,
+        "checkpoint": checkpoint,
+        "model": model,
+        "flip": flip,
+        "note": (
+            "Accept a pair as the same person when the cosine similarity of the two L2-normalised "
+            f"embeddings ({embedding}) is >= threshold. threshold is the lowest distinct score on "
+            f"this list at which at most far_target of its {n_neg} scored mismatched pairs are "
+            f"accepted ({round(far_achieved * n_neg)} are; face_rec.eval.metrics.roc's operating "
+            "points, unscored pairs left out). It holds for this model, flip setting and "
+            f"face_rec's alignment; the FAR is resolved only to 1/{n_neg}, and on other photos "
+            "it can differ: calibrate on pairs like the deployment's."
+        ),
+    }
+    write_json(path, record)
+    return record
 
 
 def leakage(pairs: Pairs, trained: set[str] | None) -> tuple[list[str] | None, str]:

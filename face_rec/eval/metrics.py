@@ -55,6 +55,37 @@ def far_supported(n_negative: int, far: float) -> bool:
     return n_negative * far >= 1 - 1e-9
 
 
+def threshold_at_far(
+    scores: np.ndarray, labels: np.ndarray, far: float
+) -> tuple[float, float, float]:
+    """The operating threshold for a target false accept rate: (threshold, far_achieved, tar).
+
+    ``threshold`` is the smallest of :func:`roc`'s thresholds (the distinct scores) whose FPR
+    over the negatives is <= ``far`` when a pair is accepted as ``score >= threshold``;
+    ``far_achieved`` and ``tar`` are that point's FPR and TPR. Any threshold between the next
+    lower distinct score (exclusive) and ``threshold`` gives the same point on these pairs.
+    ``inf`` (accept nothing) when even the highest score's ties exceed the target. NaN scores
+    (unscored pairs) are left out; with no positives ``tar`` is NaN.
+
+    Raises:
+        ValueError: the negatives cannot resolve ``far``: n_negative x far < 1 (no false
+            accept is allowed at all, so the threshold would only be bounded by the data).
+    """
+    scores, labels = _check(scores, labels, allow_nan=True)
+    scored = ~np.isnan(scores)
+    scores, labels = scores[scored], labels[scored]
+    n_neg = int((~labels).sum())
+    if not far_supported(n_neg, far):
+        raise ValueError(
+            f"FAR {far:g} cannot be measured on {n_neg} scored negative pairs: that needs at "
+            f"least {int(np.ceil(1 / far - 1e-9))} (n_negative x FAR >= 1); use a larger FAR or "
+            "a pair list with more mismatched pairs"
+        )
+    fpr, tpr, thresholds = roc(scores, labels)
+    k = int(np.flatnonzero(fpr <= far + 1e-12)[-1])  # fpr rises as the threshold falls
+    return float(thresholds[k]), float(fpr[k]), float(tpr[k])
+
+
 def accuracy(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
     """Fraction of pairs classified right by ``score > threshold``."""
     scores, labels = _check(scores, labels)
