@@ -267,11 +267,11 @@ def test_threshold_at_far_by_hand():
     pos = [0.99, 0.9, 0.85, 0.7, 0.5]
     scores = np.array(neg + pos + [np.nan])  # the unscored pair is left out
     labels = np.array([False] * 10 + [True] * 5 + [False])
-    # one false accept allowed (0.95): the lowest threshold keeping it is 0.85 (3 of 5 accepted)
-    assert threshold_at_far(scores, labels, 0.1) == pytest.approx((0.85, 0.1, 0.6))
-    # two allowed (0.95, 0.8): down to 0.7, just above the third negative (0.6)
-    assert threshold_at_far(scores, labels, 0.2) == pytest.approx((0.7, 0.2, 0.8))
-    assert threshold_at_far(scores, labels, 0.15) == pytest.approx((0.85, 0.1, 0.6))
+    # one false accept allowed (0.95): accept down to 0.85 (3 of 5), midway to the next score 0.8
+    assert threshold_at_far(scores, labels, 0.1) == pytest.approx((0.825, 0.1, 0.6))
+    # two allowed (0.95, 0.8): down to 0.7, midway to the third negative (0.6)
+    assert threshold_at_far(scores, labels, 0.2) == pytest.approx((0.65, 0.2, 0.8))
+    assert threshold_at_far(scores, labels, 0.15) == pytest.approx((0.825, 0.1, 0.6))
     with pytest.raises(ValueError, match=r"10 scored negative pairs.*at least 20"):
         threshold_at_far(scores, labels, 0.05)
 
@@ -290,12 +290,12 @@ def test_threshold_at_far_matches_sklearn():
             fpr, tpr, thr = roc_curve(labels, scores, drop_intermediate=False)
             k = np.flatnonzero(fpr <= far)[-1]
             t, f, tar = threshold_at_far(scores, labels, far)
-            assert (t, f, tar) == pytest.approx((thr[k], fpr[k], tpr[k]))
-            accepted = scores >= t  # the stated rule holds, and one score lower breaks it
-            assert accepted[~labels].mean() <= far
-            lower = scores[scores < t]
-            if len(lower):
-                assert (scores >= lower.max())[~labels].mean() > far
+            assert (f, tar) == pytest.approx((fpr[k], tpr[k]))
+            assert thr[k + 1] < t < thr[k]  # midway: > and >= select the same pairs
+            for accepted in (scores > t, scores >= t):
+                assert accepted[~labels].mean() == pytest.approx(f) and f <= far
+                assert accepted[labels].mean() == pytest.approx(tar)
+            assert (scores >= thr[k + 1])[~labels].mean() > far  # one score lower breaks it
 
 
 def test_calibrate_far_writes_threshold_json(tmp_path):
@@ -315,8 +315,8 @@ def test_calibrate_far_writes_threshold_json(tmp_path):
     assert written["n_negative_pairs"] == 2999 and written["n_positive_pairs"] == 299
     assert written["far_target"] == 1e-3 and written["far_achieved"] <= 1e-3
     assert written["pairs"] == "p.txt" and written["checkpoint"] == "best.pt"
-    assert written["flip"] is True and ">= threshold" in written["note"]
+    assert written["flip"] is True and written["accept"] == "score > threshold"
     neg = scores[~same & ~np.isnan(scores)]
-    assert (neg >= t).sum() == round(f * 2999) <= 2
+    assert (neg > t).sum() == round(f * 2999) <= 2
     with pytest.raises(ValueError, match=r"calibrate_far=0.0001 .*2999 mismatched"):
         write_threshold(path, scores, same, 1e-4, "p.txt", "best.pt", None, True)

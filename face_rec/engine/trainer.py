@@ -270,7 +270,17 @@ class Trainer:
         for m in self.sharded:
             optimizer = m.shard_optimizer_state(self.optimizer, optimizer)
         configured = _hyperparameters(self.optimizer), list(self.scheduler.base_lrs)
-        self.optimizer.load_state_dict(optimizer)
+        try:
+            self.optimizer.load_state_dict(optimizer)
+        except ValueError as e:
+            saved = [len(g["params"]) for g in optimizer["param_groups"]]
+            now = [len(g["params"]) for g in self.optimizer.param_groups]
+            raise ValueError(
+                f"cannot resume: the checkpoint's optimizer has parameter groups of {saved} "
+                f"tensors, this run's {now} (saved by an older face_rec, or with other "
+                "trainer.freeze_stages / model settings); resume with the settings it was saved "
+                "with, or start a new run from its weights with init_from=<checkpoint>"
+            ) from e
         self.scheduler.load_state_dict(state["scheduler"])
         self._apply_configured(*configured)
         self.scaler.load_state_dict(state["scaler"])

@@ -222,11 +222,13 @@ def write_threshold(
         "checkpoint": checkpoint,
         "model": model,
         "flip": flip,
+        "accept": "score > threshold",
         "note": (
             "Accept a pair as the same person when the cosine similarity of the two L2-normalised "
-            f"embeddings ({embedding}) is >= threshold. threshold is the lowest distinct score on "
-            f"this list at which at most far_target of its {n_neg} scored mismatched pairs are "
-            f"accepted ({round(far_achieved * n_neg)} are; face_rec.eval.metrics.roc's operating "
+            f"embeddings ({embedding}) is > threshold (face_rec's rule everywhere). threshold lies "
+            "midway between two consecutive distinct scores of this list, at the lowest operating "
+            f"point where at most far_target of its {n_neg} scored mismatched pairs are accepted "
+            f"({round(far_achieved * n_neg)} are; face_rec.eval.metrics.roc's operating "
             "points, unscored pairs left out). It holds for this model, flip setting and "
             f"face_rec's alignment; the FAR is resolved only to 1/{n_neg}, and on other photos "
             "it can differ: calibrate on pairs like the deployment's."

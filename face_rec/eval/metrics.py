@@ -60,12 +60,13 @@ def threshold_at_far(
 ) -> tuple[float, float, float]:
     """The operating threshold for a target false accept rate: (threshold, far_achieved, tar).
 
-    ``threshold`` is the smallest of :func:`roc`'s thresholds (the distinct scores) whose FPR
-    over the negatives is <= ``far`` when a pair is accepted as ``score >= threshold``;
-    ``far_achieved`` and ``tar`` are that point's FPR and TPR. Any threshold between the next
-    lower distinct score (exclusive) and ``threshold`` gives the same point on these pairs.
-    ``inf`` (accept nothing) when even the highest score's ties exceed the target. NaN scores
-    (unscored pairs) are left out; with no positives ``tar`` is NaN.
+    The operating point is the lowest of :func:`roc`'s points (accept ``score >= s`` for a
+    distinct score s) whose FPR over the negatives is <= ``far``; ``far_achieved`` and ``tar``
+    are its FPR and TPR. ``threshold`` is the midpoint between s and the next lower distinct
+    score, so that face_rec's acceptance rule everywhere else, ``score > threshold``, selects
+    exactly that point on these pairs (``score >= threshold`` does too). ``inf`` (accept
+    nothing) when even the highest score's ties exceed the target. NaN scores (unscored pairs)
+    are left out; with no positives ``tar`` is NaN.
 
     Raises:
         ValueError: the negatives cannot resolve ``far``: n_negative x far < 1 (no false
@@ -83,7 +84,9 @@ def threshold_at_far(
         )
     fpr, tpr, thresholds = roc(scores, labels)
     k = int(np.flatnonzero(fpr <= far + 1e-12)[-1])  # fpr rises as the threshold falls
-    return float(thresholds[k]), float(fpr[k]), float(tpr[k])
+    below = thresholds[k + 1] if k + 1 < len(thresholds) else thresholds[k] - 1.0
+    t = thresholds[k] if np.isinf(thresholds[k]) else (thresholds[k] + below) / 2
+    return float(t), float(fpr[k]), float(tpr[k])
 
 
 def accuracy(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:

@@ -34,6 +34,10 @@ class Preprocessing:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        return cls(d["colour"], tuple(d["mean"]), tuple(d["std"]))
+
 
 FACE_REC = Preprocessing()  #: RGB, (x - 127.5) / 127.5: face_rec's and insightface's
 

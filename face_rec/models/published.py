@@ -20,6 +20,7 @@ weights (blocks per stage, width, embedding size, input size) unless ``name`` is
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,25 +50,47 @@ class WeightsError(ValueError):
 # ------------------------------------------------------------------ reading files
 
 
-def read_weights(path: str | Path) -> tuple[str, dict[str, torch.Tensor], dict]:
-    """(format, state dict, the whole loaded object) of a weights file."""
+def read_weights(
+    path: str | Path, trust_pickle: bool = False
+) -> tuple[str, dict[str, torch.Tensor], dict]:
+    """(format, state dict, the whole loaded object) of a weights file.
+
+    Read with ``torch.load(weights_only=True)``: tensors and plain containers, no code. A file
+    that needs more (a Lightning checkpoint pickling its hyper-parameters as objects) is refused
+    unless ``trust_pickle`` or the environment's ``FACE_REC_TRUST_PICKLE=1`` says it comes from
+    a source you trust: unpickling it can run any code.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights {str(path)!r} not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # Lightning checkpoints may pickle hyper-parameter objects
+        with torch.serialization.safe_globals(_numpy_globals()):  # face_rec's saved RNG state
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if not (trust_pickle or os.environ.get("FACE_REC_TRUST_PICKLE") == "1"):
+            raise WeightsError(
+                f"{path} holds more than tensors (torch.load(weights_only=True): "
+                f"{str(e).splitlines()[0]}); unpickling it can run code: if you trust its "
+                "source, set FACE_REC_TRUST_PICKLE=1 (or load_model(..., trust_pickle=True))"
+            ) from e
         obj = torch.load(path, map_location="cpu", weights_only=False)
     fmt = detect_format(obj, path)
     if fmt == "adaface":
-        state = {
-            k[len("model.") :]: v for k, v in obj["state_dict"].items() if k.startswith("model.")
-        }
+        sd = obj["state_dict"]
+        state = {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}
     elif fmt == "insightface":
-        state = {k.removeprefix("module."): v for k, v in obj.items()}
+        state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
     else:
         state = obj["model"]
     return fmt, state, obj
+
+
+def _numpy_globals() -> list:
+    """The numpy types a face_rec checkpoint's saved RNG state pickles (data, never code)."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def detect_format(obj: Any, path: str | Path = "file") -> str:
@@ -158,7 +181,9 @@ def map_state_dict(
     for key, tensor in own.items():
         module, leaf = key.rsplit(".", 1)
         src = f"{key_map.get(module, module)}.{leaf}"
-        if src not in foreign:
+        if src not in foreign and leaf == "num_batches_tracked":
+            out[key] = torch.zeros_like(tensor)  # older files lack it; torch fills it in too
+        elif src not in foreign:
             missing.append(src)
         elif foreign[src].shape != tensor.shape:
             shapes.append(f"{src} {tuple(foreign[src].shape)} != {tuple(tensor.shape)}")
@@ -181,42 +206,78 @@ def map_state_dict(
 # ------------------------------------------------------------------ loading
 
 
-def load_weights(model: nn.Module, path: str | Path) -> Preprocessing:
+def load_weights(model: nn.Module, path: str | Path, trust_pickle: bool = False) -> Preprocessing:
     """Load a published or face_rec weights file into ``model`` (a face_rec backbone) in place;
-    returns the input convention the weights were trained with."""
-    fmt, state, _ = read_weights(path)
+    returns the input convention the weights were trained with (a face_rec checkpoint: the one
+    it recorded, its input adapter's buffers left out)."""
+    return _load_into(model, *read_weights(path, trust_pickle), path)
+
+
+def _load_into(model: nn.Module, fmt: str, state: dict, obj: dict, path) -> Preprocessing:
+    if fmt in ("insightface", "adaface"):
+        _check_sizes(model, architecture(fmt, state), path)
     if fmt == "insightface":
         model.load_state_dict(map_state_dict(model, state, insightface_key_map(model), fmt))
         return FACE_REC
     if fmt == "adaface":
         model.load_state_dict(map_state_dict(model, state, adaface_key_map(model), fmt))
         return ADAFACE
+    if any(k.startswith("backbone.") for k in state):  # saved behind an input adapter
+        state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     model.load_state_dict(map_state_dict(model, state, {}, fmt))
-    return FACE_REC
+    saved = obj.get("preprocessing")
+    return Preprocessing.from_dict(saved) if saved else FACE_REC
 
 
-def load_model(path: str | Path, name: str | None = None, **kwargs) -> nn.Module:
+def architecture(fmt: str, state: dict[str, torch.Tensor]) -> dict:
+    """create_model keywords read off published weights; a clear error when keys are missing."""
+    try:
+        if fmt == "insightface":
+            return insightface_architecture(state)
+        return adaface_architecture(state)
+    except (KeyError, ValueError) as e:
+        raise WeightsError(f"{fmt} weights lack a key their layout needs ({e})") from e
+
+
+def _check_sizes(model: nn.Module, arch: dict, path: str | Path) -> None:
+    """The config's sizes must be the weights': say which to set instead of a shape error."""
+    have = {
+        "embedding_dim": model.neck.fc.out_features,
+        "input_size": getattr(model, "input_size", None),
+        "width": model.stem[0].out_channels / 64,
+    }
+    wrong = [f"model.{k}={arch[k]:g} (config: {have[k]:g})" for k in have if arch[k] != have[k]]
+    if wrong:
+        raise WeightsError(
+            f"{path} holds a {arch['name']} of other sizes: set {', '.join(wrong)}; an "
+            "experiment preset may have set them (the CPU preset: 128-d, 64 px)"
+        )
+
+
+def load_model(
+    path: str | Path, name: str | None = None, trust_pickle: bool = False, **kwargs
+) -> nn.Module:
     """The backbone in a weights file, in eval mode, whatever the format (face_rec checkpoint,
     insightface ``backbone.pth``, AdaFace ``.ckpt``, ``.onnx``).
 
     It takes (B, 3, 112, 112) RGB in [-1, 1] (face_rec's input; a model trained on another
     colour order or normalisation converts inside) and returns the unnormalised (B, D)
     embedding. ``name`` names the architecture where the file does not record it (by default it
-    is read off the weights); ``kwargs`` go to :func:`create_model` (or to the ONNX wrapper).
+    is read off the weights); ``kwargs`` go to :func:`create_model` (or to the ONNX wrapper);
+    ``trust_pickle``: see :func:`read_weights`.
     """
     if Path(path).suffix.lower() == ".onnx":
         from face_rec.models.onnx_model import OnnxModel
 
         return OnnxModel(str(path), **kwargs).eval()
-    fmt, state, obj = read_weights(path)
+    fmt, state, obj = read_weights(path, trust_pickle)
     if fmt == "face_rec":
         from face_rec.utils.checkpoint import model_from_checkpoint
 
         return model_from_checkpoint(path).eval()
-    arch = insightface_architecture(state) if fmt == "insightface" else adaface_architecture(state)
-    arch |= kwargs
+    arch = architecture(fmt, state) | kwargs
     model = create_model(name or arch.pop("name"), **{k: v for k, v in arch.items() if k != "name"})
-    return adapt_loaded(model, path).eval()
+    return adapt(model, _load_into(model, fmt, state, obj, path)).eval()
 
 
 def adapt_loaded(model: nn.Module, path: str | Path) -> nn.Module:

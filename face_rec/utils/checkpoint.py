@@ -57,11 +57,7 @@ def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "
     spec.pop("_target_", None)
     spec.pop("weights", None)  # the initial weights: the checkpoint's own replace them
     saved = ckpt.get("preprocessing")
-    pre = (
-        Preprocessing(**{k: tuple(v) if k != "colour" else v for k, v in saved.items()})
-        if saved
-        else FACE_REC
-    )
+    pre = Preprocessing.from_dict(saved) if saved else FACE_REC
     model = adapt(create_model(spec.pop("name"), **spec), pre)
     model.load_state_dict(state)
     return model

@@ -45,3 +45,38 @@ def test_fine_tune_from_an_adaface_ckpt_with_frozen_stages(pack, tmp_path):  # n
         torch.testing.assert_close(again(x), tuned(x))
     saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert saved["preprocessing"]["colour"] == "BGR"
+
+
+def test_init_from_a_face_rec_checkpoint_fine_tuned_from_adaface(pack, tmp_path):  # noqa: F811
+    """A face_rec checkpoint saved behind an input adapter (BGR) starts a new run as BGR."""
+    from face_rec.models.preprocess import InputAdapter
+    from face_rec.models.registry import create_model
+
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in adaface_state().items()}}, tmp_path / "a.ckpt"
+    )
+    over = ["model=ir18", "model.input_size=32", "model.embedding_dim=512", "trainer.max_steps=2"]
+    train_from_config(_cfg(pack, tmp_path, *over, f"init_from={tmp_path}/a.ckpt"), tmp_path / "r1")
+    first = tmp_path / "r1" / "checkpoints" / "last.pt"
+    model = create_model("ir18", input_size=32, weights=str(first)).eval()
+    assert isinstance(model, InputAdapter) and model.preprocessing.colour == "BGR"
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model_from_checkpoint(first).eval()(x))
+
+
+def test_freeze_stages_freezes_only_those_stages_in_every_family():
+    from face_rec.models.backbones.resnet import block_stages, freeze_stages
+    from face_rec.models.registry import create_model
+
+    for name, depths in (
+        ("resnet18", (2, 2, 2, 2)),
+        ("resnet50", (3, 4, 6, 3)),
+        ("ir18", (2, 2, 2, 2)),
+    ):
+        model = create_model(name, input_size=32)
+        stages = [s for s, _ in block_stages(model)]
+        assert stages == [s + 1 for s, d in enumerate(depths) for _ in range(d)], name
+        frozen = freeze_stages(model, 1)
+        trainable = [b for b in model.body if any(p.requires_grad for p in b.parameters())]
+        assert len(frozen) == 1 + depths[0] and len(trainable) == sum(depths) - depths[0]

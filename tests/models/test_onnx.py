@@ -350,7 +350,9 @@ def test_export_defaults_beside_the_checkpoint_and_random_crops_without_a_pack(
 
 
 def test_export_config_errors_name_the_key(checkpoint):
-    with pytest.raises(ConfigError, match=r"format = 'tflite' \(str\) must be one of 'onnx', 'torchscript'"):
+    with pytest.raises(
+        ConfigError, match=r"format = 'tflite' \(str\) must be one of 'onnx', 'torchscript'"
+    ):
         export_from_config(_compose("export", f"checkpoint={checkpoint}", "format=tflite"))
     with pytest.raises(ConfigError, match="checkpoint is missing"):
         export_from_config(_compose("export"))

@@ -173,7 +173,7 @@ def test_a_missing_or_misshaped_key_is_listed_with_the_format(tmp_path):
     with pytest.raises(WeightsError, match="not a face_rec checkpoint, an insightface"):
         load_model(tmp_path / "other.pth")
     sd = insightface_state(DEPTHS["iresnet18"])
-    with pytest.raises(WeightsError, match="mis-shaped"):
+    with pytest.raises(WeightsError, match=r"other sizes: set model\.embedding_dim=32"):
         torch.save(sd, tmp_path / "ok.pth")
         load_model(tmp_path / "ok.pth", name="iresnet18", embedding_dim=64)
 
@@ -189,3 +189,37 @@ def test_model_weights_in_the_config_load_published_weights(tmp_path):
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         assert _rel(model(x), insightface_reference(sd, x)) < 1e-4
+
+
+def test_an_r50_with_a_ddp_prefix_and_no_batch_counters_loads(tmp_path):
+    """ArcFace's r50 layout (3, 4, 14, 3), as saved from DDP ("module.") by an older torch
+    (no num_batches_tracked): loads and matches the reference."""
+    sd = insightface_state((3, 4, 14, 3), dim=512, side=2, seed=3)
+    saved = {f"module.{k}": v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    torch.save(saved, tmp_path / "backbone.pth")
+    model = load_model(tmp_path / "backbone.pth", name="iresnet50")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert _rel(model(x), insightface_reference(sd, x)) < 1e-4
+
+
+def test_weights_of_other_sizes_name_the_model_keys_to_set(tmp_path):
+    from face_rec.models.registry import create_model
+
+    torch.save(insightface_state(DEPTHS["iresnet18"], dim=32), tmp_path / "b.pth")
+    with pytest.raises(WeightsError, match=r"model\.embedding_dim=32 \(config: 128\)"):
+        create_model("iresnet18", embedding_dim=128, input_size=32, weights=str(tmp_path / "b.pth"))
+
+
+def test_a_checkpoint_that_pickles_objects_needs_trust(tmp_path, monkeypatch):
+    import argparse
+
+    sd = adaface_state()
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in sd.items()}}
+    ckpt["hyper_parameters"] = argparse.Namespace(arch="ir_18")  # as Lightning may save it
+    torch.save(ckpt, tmp_path / "ada.ckpt")
+    with pytest.raises(WeightsError, match="FACE_REC_TRUST_PICKLE=1"):
+        load_model(tmp_path / "ada.ckpt")
+    assert load_model(tmp_path / "ada.ckpt", trust_pickle=True).preprocessing.colour == "BGR"
+    monkeypatch.setenv("FACE_REC_TRUST_PICKLE", "1")
+    assert load_model(tmp_path / "ada.ckpt").input_size == 32

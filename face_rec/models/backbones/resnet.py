@@ -74,10 +74,10 @@ class ResNetFace(nn.Module):
 
 def block_stages(model: ResNetFace) -> list[tuple[int, int]]:
     """(stage from 1, index in the stage) of each residual block of ``model.body``: every stage
-    opens with the block whose second conv is strided."""
+    opens with its one strided block."""
     out, stage, i = [], 0, 0
     for block in model.body:
-        first = block.branch[-2].stride != (1, 1)
+        first = any(isinstance(m, nn.Conv2d) and m.stride != (1, 1) for m in block.branch.modules())
         stage, i = (stage + 1, 0) if first else (stage, i + 1)
         out.append((stage, i))
     return out
@@ -95,7 +95,13 @@ def freeze_stages(model: nn.Module, stages: int) -> list[nn.Module]:
             f"trainer.freeze_stages={stages}: only the ResNet family (iresnet*, ir*, resnet*) "
             f"has stages to freeze, not {type(core).__name__}"
         )
-    blocks = [b for b, (s, _) in zip(core.body, block_stages(core), strict=True) if s <= stages]
+    stage_of = block_stages(core)
+    if stages > stage_of[-1][0]:
+        raise ValueError(
+            f"trainer.freeze_stages={stages}: {type(core).__name__} has {stage_of[-1][0]} stages; "
+            "freezing them all would leave only the embedding neck to train"
+        )
+    blocks = [b for b, (s, _) in zip(core.body, stage_of, strict=True) if s <= stages]
     frozen = [core.stem, *blocks]
     for m in frozen:
         m.requires_grad_(False)
