@@ -146,3 +146,31 @@ def test_a_bin_list_reports_leakage_as_not_checked(lfw_root, tmp_path):
     assert saved["leaked_identities"] is None
     assert saved["leakage_note"] == "not checked: this pair list carries no identities"
     assert saved["accuracy_std"] is not None and saved["accuracy_sem"] is not None
+
+
+def test_an_onnx_export_scores_view1_pairs_as_its_torch_model(lfw_root, tmp_path):
+    """The same checkpoint evaluated as torch and as its ONNX export on real View 1 pairs."""
+    import torch
+
+    from face_rec.export import export_onnx
+    from face_rec.models.registry import create_model
+    from face_rec.utils.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    spec = {"name": "mobilefacenet", "embedding_dim": 32, "input_size": 64}
+    model = create_model(**spec).eval()
+    save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "config": {"model": spec}})
+    export_onnx(model, tmp_path / "m.onnx")
+    pairs = _slice_view1(lfw_root / "pairsDevTest.txt", tmp_path / "test.txt", 30)
+    calib = _slice_view1(lfw_root / "pairsDevTrain.txt", tmp_path / "calib.txt", 30)
+    as_torch = evaluate_from_config(
+        _cfg(tmp_path, lfw_root, pairs, calib, f"checkpoint={tmp_path}/m.pt"), tmp_path / "t"
+    )
+    onnx_cfg = _cfg(tmp_path, lfw_root, pairs, calib)
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        onnx_model = compose("eval_lfw", overrides=["model=onnx", f"model.path={tmp_path}/m.onnx"])
+    onnx_cfg.model = onnx_model.model
+    as_onnx = evaluate_from_config(onnx_cfg, tmp_path / "o")
+    np.testing.assert_allclose(as_onnx["scores"], as_torch["scores"], atol=1e-5)
+    assert as_onnx["accuracy_mean"] == as_torch["accuracy_mean"]
+    assert as_onnx["auc"] == pytest.approx(as_torch["auc"], abs=1e-3)
