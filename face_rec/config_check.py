@@ -111,7 +111,7 @@ class TopLevelConfig:
     calibration_pairs: Path | None
     trained_on: Path | None
     input_dir: Path
-    output_dir: Path
+    output_dir: Path | None  # embed.yaml: null, a folder per command
     limit: int | None
     calibrate_far: float | None  # eval_lfw.yaml
     aligned: bool  # embed.yaml

@@ -123,13 +123,21 @@ def embed_folder(
     return summary
 
 
+def default_output_dir(cfg: DictConfig) -> Path:
+    """``<paths.log_dir>/embed/<input dir name>-<checkpoint stem>``: one folder per command, so
+    the same command resumes."""
+    name = f"{Path(cfg.input_dir).resolve().name}-{Path(cfg.checkpoint).stem}"
+    return Path(cfg.paths.log_dir) / "embed" / name
+
+
 def embed_from_config(cfg: DictConfig) -> dict:
     """Run ``embed.py`` (see ``conf/embed.yaml``); return the summary."""
     from face_rec.align.cli import alignment_kwargs
     from face_rec.config_check import check_config
 
     check_config(cfg)
-    input_dir, output_dir = Path(cfg.input_dir), Path(cfg.output_dir)
+    input_dir = Path(cfg.input_dir)
+    output_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
     if not input_dir.is_dir():
         raise FileNotFoundError(
             f"input_dir {str(input_dir)!r} is not a directory; pass input_dir=<folder of "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -257,6 +258,12 @@ def test_embed_config_composes_and_passes_the_checker():
         )
     assert cfg.aligned is False and cfg.align.detector.min_face_size == 20
     check_config(cfg)
+    from face_rec.embed_job import default_output_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        cfg = compose("embed", overrides=["checkpoint=/runs/a/best.pt", "input_dir=/data/photos"])
+    check_config(cfg)  # output_dir null: one folder per command, so the same command resumes
+    assert default_output_dir(cfg) == Path(cfg.paths.log_dir) / "embed" / "photos-best"
 
 
 # ----------------------------------------------------------------------------- threshold at FAR
