@@ -162,8 +162,9 @@ def _parity(
     reference, exported, x: torch.Tensor, atol: float, rtol: float, what: str
 ) -> dict[str, Any]:
     """Run both on ``x`` and on ``x[:1]`` (the dynamic batch axis); ParityError when the largest
-    difference exceeds ``atol + rtol * max |torch embedding|``."""
-    diffs, scale = [], 0.0
+    difference of the raw embeddings exceeds ``atol + rtol * max |torch embedding|`` or that of
+    the L2-normalised embeddings (what verification compares) exceeds ``atol``."""
+    diffs, unit_diffs, scale = [], [], 0.0
     with torch.inference_mode():
         for batch in (x, x[:1]):
             ref = reference(batch).float().numpy()
@@ -171,25 +172,32 @@ def _parity(
             if out.shape != ref.shape:
                 raise ParityError(f"{what}: output {out.shape}, torch gives {ref.shape}")
             diffs.append(float(np.abs(out - ref).max()))
+            unit_diffs.append(float(np.abs(_unit(out) - _unit(ref)).max()))
             scale = max(scale, float(np.abs(ref).max()))
-    diff, tolerance = max(diffs), atol + rtol * scale
+    diff, tolerance, unit_diff = max(diffs), atol + rtol * scale, max(unit_diffs)
     result = {
         "max_abs_diff": diff,
+        "max_abs_diff_normalized": unit_diff,
         "max_abs_embedding": scale,
         "max_rel_diff": diff / scale if scale > 0 else float("inf"),
         "n_images": len(x),
         "tolerance": tolerance,
-        "passed": bool(diff <= tolerance),
+        "passed": bool(diff <= tolerance and unit_diff <= atol),
     }
     if not result["passed"]:
         raise ParityError(
             f"{what} differs from the torch model by up to {diff:.3g} (tolerance {atol:g} + "
-            f"{rtol:g} x the largest embedding value {scale:.3g} = {tolerance:.3g}) on {len(x)} "
+            f"{rtol:g} x the largest embedding value {scale:.3g} = {tolerance:.3g}), "
+            f"{unit_diff:.3g} after L2 normalisation (tolerance {atol:g}) on {len(x)} "
             "crops: the file was not written. A model whose batch-norm statistics were never "
             "trained can have huge activations; else try another opset or raise the tolerance "
             "(parity_atol=, parity_rtol=)"
         )
     return result
+
+
+def _unit(e: np.ndarray) -> np.ndarray:
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
 
 
 def _prepare(model: nn.Module) -> nn.Module:
