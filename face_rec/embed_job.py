@@ -29,7 +29,7 @@ from tqdm import tqdm
 from face_rec.align.run import list_inputs, run_alignment
 from face_rec.data.pack import open_images, read_manifest
 from face_rec.embedder import FaceEmbedder
-from face_rec.utils.io import atomic_path, write_json
+from face_rec.utils.io import atomic_path, keyed_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,14 @@ def embed_folder(
         settings=settings,
         pack=str(output_dir / "pack") if not aligned else None,
         alignment=pack_summary,
+        quality=(
+            "L2 norm of the unnormalised feature "
+            + (
+                "f(x) + f(flip(x)) (about twice a single view's, as AdaFace's fused norm)"
+                if embedder.flip
+                else "f(x)"
+            )
+        ),
         this_run={
             "images_processed": n_todo,
             "resumed_images": len(rows) - n_todo,
@@ -235,17 +243,8 @@ def _save_part(
 
 
 def _prepare_parts(output_dir: Path, key: str) -> Path:
-    """The parts folder for ``key``; parts of other inputs, models or settings are discarded."""
-    parts = output_dir / PARTS_DIR
-    key_file = parts / "key.txt"
-    if parts.exists() and (not key_file.exists() or key_file.read_text() != key):
-        log.warning("discarding partial embeddings in %s made with other settings", parts)
-        shutil.rmtree(parts)
-    parts.mkdir(parents=True, exist_ok=True)
-    if not key_file.exists():
-        with atomic_path(key_file) as tmp:
-            tmp.write_text(key)
-    return parts
+    """The parts folder for ``key``; parts of other settings or inputs are discarded."""
+    return keyed_dir(output_dir / PARTS_DIR, key)
 
 
 def _assemble(

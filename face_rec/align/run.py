@@ -43,7 +43,7 @@ from face_rec.data.pack import (
     write_images,
     write_manifest,
 )
-from face_rec.utils.io import atomic_path, write_json
+from face_rec.utils.io import atomic_path, keyed_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -285,16 +285,7 @@ def _load_part(parts: Path, index: int) -> ChunkResult:
 
 def _prepare_parts(output_dir: Path, key: str) -> Path:
     """The parts folder for ``key``; parts of other settings or inputs are discarded."""
-    parts = output_dir / PARTS_DIR
-    key_file = parts / "key.txt"
-    if parts.exists() and (not key_file.exists() or key_file.read_text() != key):
-        log.warning("discarding partial results in %s made with other settings or inputs", parts)
-        shutil.rmtree(parts)
-    parts.mkdir(parents=True, exist_ok=True)
-    if not key_file.exists():
-        with atomic_path(key_file) as tmp:
-            tmp.write_text(key)
-    return parts
+    return keyed_dir(output_dir / PARTS_DIR, key)
 
 
 # ----------------------------------------------------------------------------- the job

@@ -41,6 +41,26 @@ def fsync(path: str | Path) -> None:
         os.close(fd)
 
 
+def keyed_dir(folder: str | Path, key: str) -> Path:
+    """``folder`` for the partial results of a resumable job run with ``key`` (its inputs and
+    settings): created when missing, emptied first when it holds another key's parts."""
+    import logging
+    import shutil
+
+    folder = Path(folder)
+    key_file = folder / "key.txt"
+    if folder.exists() and (not key_file.exists() or key_file.read_text() != key):
+        logging.getLogger(__name__).warning(
+            "discarding partial results in %s made with other settings or inputs", folder
+        )
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not key_file.exists():
+        with atomic_path(key_file) as tmp:
+            tmp.write_text(key)
+    return folder
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
