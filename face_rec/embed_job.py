@@ -132,10 +132,14 @@ def embed_folder(
 
 
 def default_output_dir(cfg: DictConfig) -> Path:
-    """``<paths.log_dir>/embed/<input dir name>-<checkpoint stem>``: one folder per command, so
-    the same command resumes."""
-    name = f"{Path(cfg.input_dir).resolve().name}-{Path(cfg.checkpoint).stem}"
-    return Path(cfg.paths.log_dir) / "embed" / name
+    """``<paths.log_dir>/embed/<input dir name>-<checkpoint stem>-<hash>``, the hash of the
+    resolved input and checkpoint paths: one folder per (photos, model), so the same command
+    resumes and two runs' ``best.pt`` do not share one."""
+    import hashlib
+
+    inputs, ckpt = Path(cfg.input_dir).resolve(), Path(cfg.checkpoint).resolve()
+    digest = hashlib.sha256(f"{inputs}\n{ckpt}".encode()).hexdigest()[:8]
+    return Path(cfg.paths.log_dir) / "embed" / f"{inputs.name}-{ckpt.stem}-{digest}"
 
 
 def embed_from_config(cfg: DictConfig) -> dict:

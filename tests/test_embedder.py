@@ -263,7 +263,11 @@ def test_embed_config_composes_and_passes_the_checker():
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
         cfg = compose("embed", overrides=["checkpoint=/runs/a/best.pt", "input_dir=/data/photos"])
     check_config(cfg)  # output_dir null: one folder per command, so the same command resumes
-    assert default_output_dir(cfg) == Path(cfg.paths.log_dir) / "embed" / "photos-best"
+    out = default_output_dir(cfg)
+    assert out.parent == Path(cfg.paths.log_dir) / "embed" and out.name.startswith("photos-best-")
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        other = compose("embed", overrides=["checkpoint=/runs/b/best.pt", "input_dir=/data/photos"])
+    assert default_output_dir(other) != out  # another run's best.pt: another folder
 
 
 # ----------------------------------------------------------------------------- threshold at FAR

@@ -20,7 +20,6 @@ weights (blocks per stage, width, embedding size, input size) unless ``name`` is
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -60,37 +59,26 @@ def read_weights(
     unless ``trust_pickle`` or the environment's ``FACE_REC_TRUST_PICKLE=1`` says it comes from
     a source you trust: unpickling it can run any code.
     """
+    from face_rec.utils.checkpoint import safe_load
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights {str(path)!r} not found")
-    try:
-        with torch.serialization.safe_globals(_numpy_globals()):  # face_rec's saved RNG state
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        if not (trust_pickle or os.environ.get("FACE_REC_TRUST_PICKLE") == "1"):
-            raise WeightsError(
-                f"{path} holds more than tensors (torch.load(weights_only=True): "
-                f"{str(e).splitlines()[0]}); unpickling it can run code: if you trust its "
-                "source, set FACE_REC_TRUST_PICKLE=1 (or load_model(..., trust_pickle=True))"
-            ) from e
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = safe_load(path, trust_pickle=trust_pickle)
     fmt = detect_format(obj, path)
     if fmt == "adaface":
         sd = obj["state_dict"]
         state = {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}
     elif fmt == "insightface":
-        state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
+        state = {_bare(k): v for k, v in obj.items()}
     else:
         state = obj["model"]
     return fmt, state, obj
 
 
-def _numpy_globals() -> list:
-    """The numpy types a face_rec checkpoint's saved RNG state pickles (data, never code)."""
-    import numpy as np
-
-    core = getattr(np, "_core", None) or np.core
-    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+def _bare(key: str) -> str:
+    """A key without DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes."""
+    return key.removeprefix("module.").removeprefix("_orig_mod.")
 
 
 def detect_format(obj: Any, path: str | Path = "file") -> str:
@@ -100,7 +88,7 @@ def detect_format(obj: Any, path: str | Path = "file") -> str:
     state = obj.get("state_dict") if isinstance(obj, dict) else None
     if isinstance(state, dict) and any(k.startswith("model.input_layer.") for k in state):
         return "adaface"
-    if isinstance(obj, dict) and any(k.removeprefix("module.").startswith("layer1.") for k in obj):
+    if isinstance(obj, dict) and any(_bare(k).startswith("layer1.") for k in obj):
         return "insightface"
     keys = list(obj)[:5] if isinstance(obj, dict) else type(obj).__name__
     raise WeightsError(
@@ -240,10 +228,20 @@ def architecture(fmt: str, state: dict[str, torch.Tensor]) -> dict:
 
 
 def _check_sizes(model: nn.Module, arch: dict, path: str | Path) -> None:
-    """The config's sizes must be the weights': say which to set instead of a shape error."""
+    """The configured model must be the weights' architecture and sizes: say which model and
+    keys to set instead of a wall of key errors."""
+    from face_rec.models.backbones.resnet import ResNetFace
+    from face_rec.models.registry import create_model
+
+    want = create_model(arch["name"], input_size=arch["input_size"], width=arch["width"])
+    if not isinstance(model, ResNetFace) or len(model.body) != len(want.body):
+        raise WeightsError(
+            f"{path} holds a {arch['name']}, not the configured {type(model).__name__} with "
+            f"{len(getattr(model, 'body', []))} blocks: set model={arch['name']}"
+        )
     have = {
         "embedding_dim": model.neck.fc.out_features,
-        "input_size": getattr(model, "input_size", None),
+        "input_size": model.input_size,
         "width": model.stem[0].out_channels / 64,
     }
     wrong = [f"model.{k}={arch[k]:g} (config: {have[k]:g})" for k in have if arch[k] != have[k]]

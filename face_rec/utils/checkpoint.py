@@ -7,6 +7,8 @@ optimizer, scheduler, scaler, RNG states and step.
 
 from __future__ import annotations
 
+import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +25,55 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
+def safe_load(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    mmap: bool = False,
+    trust_pickle: bool = False,
+) -> Any:
+    """``torch.load(weights_only=True)``: tensors, plain containers and the numpy types of a
+    saved RNG state, never code. A file that pickles other objects (some Lightning checkpoints
+    store hyper-parameters so) is refused unless ``trust_pickle`` or ``FACE_REC_TRUST_PICKLE=1``
+    says its source is trusted: unpickling it can run any code. A corrupt file is an error
+    saying so."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} not found")
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        if not (trust_pickle or os.environ.get("FACE_REC_TRUST_PICKLE") == "1"):
+            raise ValueError(
+                f"{path} holds more than tensors (torch.load(weights_only=True): "
+                f"{str(e).splitlines()[0]}); unpickling it can run code: if you trust its "
+                "source, set FACE_REC_TRUST_PICKLE=1 (or load_model(..., trust_pickle=True))"
+            ) from e
+        return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+    except Exception as e:
+        raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e})") from e
+
+
+def _numpy_globals() -> list:
+    """The numpy types a face_rec checkpoint's saved RNG state pickles (data, never code)."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
 ) -> dict[str, Any]:
-    """Load a checkpoint dict; a clear error for a missing or unreadable file.
+    """Load a checkpoint dict (:func:`safe_load`); a clear error for a missing or unreadable
+    file.
 
     ``mmap=True`` maps the tensors instead of reading them: a caller that wants only ``config``
     then reads a few pages, not a Partial FC head of millions of centres.
     """
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
-    except Exception as e:
-        raise ValueError(
-            f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {e})"
-        ) from e
+    return safe_load(path, map_location, mmap)
 
 
 def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from face_rec.models.published import load_model
@@ -80,3 +81,5 @@ def test_freeze_stages_freezes_only_those_stages_in_every_family():
         frozen = freeze_stages(model, 1)
         trainable = [b for b in model.body if any(p.requires_grad for p in b.parameters())]
         assert len(frozen) == 1 + depths[0] and len(trainable) == sum(depths) - depths[0]
+    with pytest.raises(ValueError, match="has 4 stages"):
+        freeze_stages(create_model("iresnet18", input_size=32), 4)  # only the neck would train

@@ -203,12 +203,18 @@ def test_an_r50_with_a_ddp_prefix_and_no_batch_counters_loads(tmp_path):
         assert _rel(model(x), insightface_reference(sd, x)) < 1e-4
 
 
-def test_weights_of_other_sizes_name_the_model_keys_to_set(tmp_path):
+def test_weights_of_another_model_or_sizes_name_what_to_set(tmp_path):
     from face_rec.models.registry import create_model
 
     torch.save(insightface_state(DEPTHS["iresnet18"], dim=32), tmp_path / "b.pth")
     with pytest.raises(WeightsError, match=r"model\.embedding_dim=32 \(config: 128\)"):
         create_model("iresnet18", embedding_dim=128, input_size=32, weights=str(tmp_path / "b.pth"))
+    for other in ("iresnet34", "mobilefacenet"):
+        with pytest.raises(WeightsError, match="set model=iresnet18"):
+            create_model(other, embedding_dim=32, input_size=32, weights=str(tmp_path / "b.pth"))
+    compiled = {f"_orig_mod.{k}": v for k, v in insightface_state(DEPTHS["iresnet18"]).items()}
+    torch.save(compiled, tmp_path / "c.pth")  # saved from a torch.compile'd model
+    assert load_model(tmp_path / "c.pth").input_size == 32
 
 
 def test_a_checkpoint_that_pickles_objects_needs_trust(tmp_path, monkeypatch):
@@ -218,7 +224,7 @@ def test_a_checkpoint_that_pickles_objects_needs_trust(tmp_path, monkeypatch):
     ckpt = {"state_dict": {f"model.{k}": v for k, v in sd.items()}}
     ckpt["hyper_parameters"] = argparse.Namespace(arch="ir_18")  # as Lightning may save it
     torch.save(ckpt, tmp_path / "ada.ckpt")
-    with pytest.raises(WeightsError, match="FACE_REC_TRUST_PICKLE=1"):
+    with pytest.raises(ValueError, match="FACE_REC_TRUST_PICKLE=1"):
         load_model(tmp_path / "ada.ckpt")
     assert load_model(tmp_path / "ada.ckpt", trust_pickle=True).preprocessing.colour == "BGR"
     monkeypatch.setenv("FACE_REC_TRUST_PICKLE", "1")

@@ -96,7 +96,7 @@ def freeze_stages(model: nn.Module, stages: int) -> list[nn.Module]:
             f"has stages to freeze, not {type(core).__name__}"
         )
     stage_of = block_stages(core)
-    if stages > stage_of[-1][0]:
+    if stages >= stage_of[-1][0]:
         raise ValueError(
             f"trainer.freeze_stages={stages}: {type(core).__name__} has {stage_of[-1][0]} stages; "
             "freezing them all would leave only the embedding neck to train"
