@@ -147,7 +147,7 @@ class PairValidation:
                     "val.select=holdout: the training data holds out no identities; set "
                     "train_data.holdout_fraction (packs only) or val.select=<pair list>"
                 )
-            self.select = holdout_pairs(dataset, seed=cfg.seed)
+            self.select = holdout_pairs(dataset)  # fixed pairs: the same list for every seed
         elif cfg.val.select:
             self.select = self.pair_list(cfg.val.select)
         if self.select is None or self.select is self.test:
