@@ -405,21 +405,27 @@ def parity_crops(pack: str | Path | None, n: int) -> np.ndarray | None:
 
 
 def export_from_config(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Run ``export.py``: the checkpoint's model exported as ``cfg.format`` to ``cfg.output``
-    (default: beside the checkpoint, ``<stem>.onnx`` / ``<stem>.torchscript.pt``), a summary line
-    printed, and (with ``out_dir``) ``export.json`` written there. Returns the parity dict of
-    :func:`export_onnx`."""
-    from face_rec.utils.checkpoint import load_checkpoint, model_from_checkpoint
+    """Run ``export.py``: the checkpoint's model (a face_rec checkpoint, an insightface
+    ``backbone.pth`` or an AdaFace ``.ckpt``: :func:`face_rec.models.load_model`) exported as
+    ``cfg.format`` to ``cfg.output`` (default: beside the checkpoint, ``<stem>.onnx`` /
+    ``<stem>.torchscript.pt``), a summary line printed, and (with ``out_dir``) ``export.json``
+    written there. Returns the parity dict of :func:`export_onnx`."""
+    from face_rec.models.published import architecture, load_model, read_weights
 
     check_config(cfg)
     checkpoint = Path(cfg.checkpoint)
     output = Path(cfg.output) if cfg.output else checkpoint.with_suffix(SUFFIXES[cfg.format])
     if output.resolve() == checkpoint.resolve():
         raise ValueError(f"output {str(output)!r} is the checkpoint itself: choose another path")
-    config = load_checkpoint(checkpoint, mmap=True).get("config") or {}
-    model = model_from_checkpoint(checkpoint)
+    fmt, state, obj = read_weights(checkpoint)
+    config = (obj.get("config") or {}) if fmt == "face_rec" else {}
+    name = (config.get("model") or {}).get("name") or (
+        architecture(fmt, state)["name"] if fmt != "face_rec" else None
+    )
+    model = load_model(checkpoint)  # takes face_rec's input whatever the file's convention
     metadata = {
-        "model_name": (config.get("model") or {}).get("name", type(model).__name__),
+        "model_name": name or type(model).__name__,
+        "source_format": fmt,
         "training_config_summary": training_config_summary(config),
         "checkpoint": checkpoint.name,
     }

@@ -369,3 +369,25 @@ def test_eval_lfw_builds_the_onnx_model_without_the_random_init_warning(exported
     assert "RANDOMLY" not in caplog.text
     with pytest.raises(ConfigError, match="model.path is missing"):
         check_config(_compose("eval_lfw", "model=onnx", f"pairs={tmp_path}/p.bin"))
+
+
+def test_export_py_takes_published_weights_and_keeps_their_colour_order(tmp_path):
+    """An AdaFace .ckpt exports with its BGR conversion inside: the ONNX file takes face_rec's
+    RGB input like every face_rec export, and reproduces the loaded torch model."""
+    from face_rec.models import load_model
+
+    from .test_published import adaface_state
+
+    sd = adaface_state()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in sd.items()}}, tmp_path / "ada.ckpt")
+    cfg = _compose(
+        "export", f"checkpoint={tmp_path}/ada.ckpt", f"parity_pack={tmp_path}/no", "parity_images=4"
+    )
+    result = export_from_config(cfg)
+    meta = result["metadata"]
+    assert (meta["model_name"], meta["source_format"], meta["colour"]) == ("ir18", "adaface", "RGB")
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        ref = load_model(tmp_path / "ada.ckpt")(x).numpy()
+    got = ort.InferenceSession(result["path"]).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-4 + 1e-4 * np.abs(ref).max())
