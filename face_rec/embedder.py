@@ -88,7 +88,10 @@ class FaceEmbedder:
         architecture where the file does not record it."""
         from face_rec.models import load_model
 
-        model = load_model(path, name) if name else load_model(path)
+        kwargs = {}
+        if str(path).lower().endswith(".onnx") and str(device).startswith("cuda"):
+            kwargs["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # GPU build
+        model = load_model(path, name, **kwargs) if name else load_model(path, **kwargs)
         return cls(model, device, batch_size, flip, align, detector, settings)
 
     @property
