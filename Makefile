@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 FACE_REC_DATA ?= $(abspath ../shared/data)
 export FACE_REC_DATA
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv data demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,10 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-demo: venv
+data: venv
+	test -d "$(FACE_REC_DATA)/lfw/images" || $(PY) -m face_rec.data.fetch lfw --root "$(FACE_REC_DATA)"
+
+demo: data
 	$(PY) train.py
 
 test: venv
