@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 # the alignment stage's per-image steps (batched detection with crash isolation and box-reduced
 # large images; warp or centred-crop fallback), reused so that both paths give the same crops
-from face_rec.align.run import AlignSettings, _crop, _detect_all
+from face_rec.align.run import AlignSettings, crop_face, detect_all
 from face_rec.data.images import ImageReadError, _to_rgb_array, load_rgb
 from face_rec.eval.embed import embed_crops
 
@@ -176,11 +176,11 @@ class FaceEmbedder:
                         "a square aligned crop (embed raw photos with align=True)"
                     )
             return images, status
-        faces = _detect_all(images, self.detector, self.settings)
+        faces = detect_all(images, self.detector, self.settings)
         crops: list[np.ndarray | None] = [None] * len(images)
         for i, (img, face) in enumerate(zip(images, faces, strict=True)):
             if img is not None:
-                crops[i], reason = _crop(img, face, self.settings)
+                crops[i], reason = crop_face(img, face, self.settings)
                 status[i] = "fallback" if reason else "ok"
         return crops, status
 

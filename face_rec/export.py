@@ -39,7 +39,7 @@ from face_rec.models.onnx_model import (
     encode_metadata,
     import_onnxruntime,
 )
-from face_rec.models.preprocess import FACE_REC, Preprocessing
+from face_rec.models.preprocess import FACE_REC, Preprocessing, convert
 from face_rec.utils.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -132,14 +132,7 @@ def crops_to_input(
             f"sample crops must be (N, H, W, 3) uint8 RGB, got {crops.shape} {crops.dtype}"
         )
     x = torch.from_numpy(np.array(crops)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-    x = resize(x, size)
-    if preprocessing.is_face_rec:
-        return x.contiguous()
-    x = (x + 1.0) * 127.5
-    if preprocessing.colour == "BGR":
-        x = x.flip(1)
-    mean = torch.tensor(preprocessing.mean).view(1, 3, 1, 1)
-    return ((x - mean) / torch.tensor(preprocessing.std).view(1, 3, 1, 1)).contiguous()
+    return convert(resize(x, size), preprocessing).contiguous()
 
 
 def parity_inputs(
@@ -410,7 +403,7 @@ def export_from_config(cfg: DictConfig, out_dir: str | Path | None = None) -> di
     ``cfg.format`` to ``cfg.output`` (default: beside the checkpoint, ``<stem>.onnx`` /
     ``<stem>.torchscript.pt``), a summary line printed, and (with ``out_dir``) ``export.json``
     written there. Returns the parity dict of :func:`export_onnx`."""
-    from face_rec.models.published import architecture, load_model, read_weights
+    from face_rec.models.published import architecture, model_from_weights, read_weights
 
     check_config(cfg)
     checkpoint = Path(cfg.checkpoint)
@@ -422,7 +415,8 @@ def export_from_config(cfg: DictConfig, out_dir: str | Path | None = None) -> di
     name = (config.get("model") or {}).get("name") or (
         architecture(fmt, state)["name"] if fmt != "face_rec" else None
     )
-    model = load_model(checkpoint)  # takes face_rec's input whatever the file's convention
+    # read once; the model takes face_rec's input whatever the file's convention
+    model = model_from_weights(fmt, state, obj, checkpoint)
     metadata = {
         "model_name": name or type(model).__name__,
         "source_format": fmt,

@@ -147,12 +147,12 @@ def align_chunk(
             row["reason"] = str(e).replace(str(root) + os.sep, "")
         images.append(img)
         rows.append(row)
-    faces = _detect_all(images, detector, settings)
+    faces = detect_all(images, detector, settings)
     crops, thumbs = [], []
     for img, face, row in zip(images, faces, rows, strict=True):
         if img is None:
             continue
-        crop, reason = _crop(img, face, settings)
+        crop, reason = crop_face(img, face, settings)
         if isinstance(face, Face):
             row["det_prob"] = f"{face.prob:.6f}"
             row["landmarks"] = " ".join(f"{v:.3f}" for v in face.landmarks.reshape(-1))
@@ -170,7 +170,7 @@ def align_chunk(
     )
 
 
-def _detect_all(
+def detect_all(
     images: list[np.ndarray | None], detector: FaceDetector, settings: AlignSettings
 ) -> list[Face | str | None]:
     """One entry per image: a Face, None (no face), or an error message. Batches similar sizes."""
@@ -219,7 +219,7 @@ def _rescale(face: Face | str | None, k: int) -> Face | str | None:
     return Face(face.box * k + off, face.prob, face.landmarks * k + off, face.confident)
 
 
-def _crop(
+def crop_face(
     img: np.ndarray, face: Face | str | None, settings: AlignSettings
 ) -> tuple[np.ndarray, str]:
     """The aligned crop and '' , or the fallback centre crop and why."""

@@ -42,6 +42,24 @@ class Preprocessing:
 FACE_REC = Preprocessing()  #: RGB, (x - 127.5) / 127.5: face_rec's and insightface's
 
 
+def convert(
+    x: torch.Tensor,
+    preprocessing: Preprocessing,
+    mean: torch.Tensor | None = None,
+    std: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """face_rec's input (B, 3, H, W), RGB in [-1, 1], in ``preprocessing``'s convention
+    (``mean``, ``std``: its values as (1, 3, 1, 1) tensors on ``x``'s device, when at hand)."""
+    if preprocessing.is_face_rec:
+        return x
+    x = (x + 1.0) * 127.5  # 8-bit pixel values, RGB
+    if preprocessing.colour == "BGR":
+        x = x.flip(1)
+    mean = torch.tensor(preprocessing.mean).view(1, 3, 1, 1) if mean is None else mean
+    std = torch.tensor(preprocessing.std).view(1, 3, 1, 1) if std is None else std
+    return (x - mean) / std
+
+
 class InputAdapter(nn.Module):
     """``backbone`` behind a conversion from face_rec's input (RGB in [-1, 1]) to
     ``preprocessing``. (B, 3, H, W) -> the backbone's output. ``input_size`` is passed through."""
@@ -54,10 +72,7 @@ class InputAdapter(nn.Module):
         self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x + 1.0) * 127.5  # 8-bit pixel values, RGB
-        if self.preprocessing.colour == "BGR":
-            x = x.flip(1)
-        return self.backbone((x - self.mean) / self.std)
+        return self.backbone(convert(x, self.preprocessing, self.mean, self.std))
 
 
 def adapt(backbone: nn.Module, preprocessing: Preprocessing) -> nn.Module:

@@ -40,6 +40,9 @@ _INSIGHTFACE_DEPTHS = {
     (6, 26, 60, 6): "iresnet200",
 }
 _IR_BLOCKS = {8: "ir18", 16: "ir34", 24: "ir50", 49: "ir101"}
+_BLOCKS = {n: sum(d) for d, n in _INSIGHTFACE_DEPTHS.items()} | {
+    n: k for k, n in _IR_BLOCKS.items()
+}
 
 
 class WeightsError(ValueError):
@@ -231,10 +234,8 @@ def _check_sizes(model: nn.Module, arch: dict, path: str | Path) -> None:
     """The configured model must be the weights' architecture and sizes: say which model and
     keys to set instead of a wall of key errors."""
     from face_rec.models.backbones.resnet import ResNetFace
-    from face_rec.models.registry import create_model
 
-    want = create_model(arch["name"], input_size=arch["input_size"], width=arch["width"])
-    if not isinstance(model, ResNetFace) or len(model.body) != len(want.body):
+    if not isinstance(model, ResNetFace) or len(model.body) != _BLOCKS[arch["name"]]:
         raise WeightsError(
             f"{path} holds a {arch['name']}, not the configured {type(model).__name__} with "
             f"{len(getattr(model, 'body', []))} blocks: set model={arch['name']}"
@@ -268,11 +269,17 @@ def load_model(
         from face_rec.models.onnx_model import OnnxModel
 
         return OnnxModel(str(path), **kwargs).eval()
-    fmt, state, obj = read_weights(path, trust_pickle)
-    if fmt == "face_rec":
-        from face_rec.utils.checkpoint import model_from_checkpoint
+    return model_from_weights(*read_weights(path, trust_pickle), path, name, **kwargs)
 
-        return model_from_checkpoint(path).eval()
+
+def model_from_weights(
+    fmt: str, state: dict, obj: dict, path: str | Path, name: str | None = None, **kwargs
+) -> nn.Module:
+    """:func:`load_model` on a file :func:`read_weights` already read (its three results)."""
+    if fmt == "face_rec":
+        from face_rec.utils.checkpoint import model_from_state
+
+        return model_from_state(obj, path).eval()
     arch = architecture(fmt, state) | kwargs
     model = create_model(name or arch.pop("name"), **{k: v for k, v in arch.items() if k != "name"})
     return adapt(model, _load_into(model, fmt, state, obj, path)).eval()

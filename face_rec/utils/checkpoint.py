@@ -80,9 +80,13 @@ def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "
     """Rebuild the backbone recorded in a checkpoint's config and load its weights; a model
     trained on another input convention (fine-tuned from AdaFace: BGR) comes wrapped as it was
     trained (the checkpoint's ``preprocessing``)."""
+    return model_from_state(load_checkpoint(path, map_location), path)
+
+
+def model_from_state(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> nn.Module:
+    """:func:`model_from_checkpoint` on a checkpoint already loaded."""
     from face_rec.models.preprocess import FACE_REC, Preprocessing, adapt
 
-    ckpt = load_checkpoint(path, map_location)
     try:
         spec = dict(ckpt["config"]["model"])
         state = ckpt["model"]
