@@ -86,16 +86,8 @@ def read_record(fh, offset: int | None = None) -> bytes:
         fh.seek(offset)
     parts = []
     while True:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise RecordIOError(f"{getattr(fh, 'name', 'record file')}: truncated record header")
-        magic, lrec = struct.unpack("<II", head)
-        if magic != MAGIC:
-            raise RecordIOError(
-                f"{getattr(fh, 'name', 'record file')}: no record at byte {fh.tell() - 8} "
-                f"(magic {magic:#x}, expected {MAGIC:#x}); is the .idx from this .rec?"
-            )
-        flag, length = lrec >> 29, lrec & _LENGTH_MASK
+        at = fh.tell()
+        flag, length = _part_head(fh.read(8), fh, at)
         data = fh.read(length)
         if len(data) < length:
             raise RecordIOError(f"{getattr(fh, 'name', 'record file')}: truncated record")
@@ -106,6 +98,21 @@ def read_record(fh, offset: int | None = None) -> bytes:
             fh.seek(-length % 4, 1)
             return b"".join(parts)
         # flags 1 and 2 carry a multiple of 4 bytes: no padding before the next part
+
+
+def _part_head(head: bytes, fh, at: int) -> tuple[int, int]:
+    """(continuation flag, payload length) of the part whose first bytes are ``head`` (read at
+    byte ``at`` of ``fh``); an error naming the file and byte for anything but a part header."""
+    name = getattr(fh, "name", "record file")
+    if len(head) < 8:
+        raise RecordIOError(f"{name}: truncated record header at byte {at}")
+    magic, lrec = struct.unpack_from("<II", head)
+    if magic != MAGIC:
+        raise RecordIOError(
+            f"{name}: no record at byte {at} (magic {magic:#x}, expected {MAGIC:#x}); "
+            "is the .idx from this .rec?"
+        )
+    return lrec >> 29, lrec & _LENGTH_MASK
 
 
 def pack_payload(header: Header, image: bytes) -> bytes:
@@ -150,16 +157,8 @@ def read_prefix(fh, offset: int, n: int) -> bytes:
     while True:
         need = n - len(out)
         fh.seek(at)
-        head = fh.read(8 + need)
-        if len(head) < 8:
-            raise RecordIOError(f"{name}: truncated record header at byte {at}")
-        magic, lrec = struct.unpack_from("<II", head)
-        if magic != MAGIC:
-            raise RecordIOError(
-                f"{name}: no record at byte {at} (magic {magic:#x}, expected {MAGIC:#x}); "
-                "is the .idx from this .rec?"
-            )
-        flag, length = lrec >> 29, lrec & _LENGTH_MASK
+        head = fh.read(8 + need)  # header and payload in one read: 17M records
+        flag, length = _part_head(head, fh, at)
         if len(head) - 8 < min(length, need):
             raise RecordIOError(f"{name}: truncated record at byte {at}")
         out += head[8 : 8 + length]
