@@ -163,7 +163,12 @@ def embed_from_config(cfg: DictConfig) -> dict:
 
     def embedder() -> FaceEmbedder:
         return FaceEmbedder.from_checkpoint(
-            cfg.checkpoint, cfg.model_name, cfg.device, cfg.batch_size, cfg.flip, align=False
+            cfg.checkpoint,
+            cfg.model_name,
+            cfg.device,
+            batch_size=cfg.batch_size,
+            flip=cfg.flip,
+            align=False,
         )
 
     summary = embed_folder(

@@ -60,9 +60,7 @@ class FaceEmbedder:
         detector: Any | None = None,
         settings: AlignSettings | None = None,
     ) -> None:
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = device
+        self.device = device = _resolve(device)
         self.model = model.to(device).eval()
         self.batch_size = int(batch_size)
         self.flip = bool(flip)
@@ -73,26 +71,17 @@ class FaceEmbedder:
 
     @classmethod
     def from_checkpoint(
-        cls,
-        path: str | Path,
-        name: str | None = None,
-        device: str = "cpu",
-        batch_size: int = 64,
-        flip: bool = True,
-        align: bool = True,
-        detector: Any | None = None,
-        settings: AlignSettings | None = None,
+        cls, path: str | Path, name: str | None = None, device: str = "cpu", **options: Any
     ) -> FaceEmbedder:
         """Load any weights file :func:`face_rec.models.load_model` reads (face_rec checkpoint,
         insightface ``backbone.pth``, AdaFace ``.ckpt``, ``.onnx``); ``name`` names the
-        architecture where the file does not record it."""
+        architecture where the file does not record it; ``options``: the constructor's."""
         from face_rec.models import load_model
 
-        kwargs = {}
-        if str(path).lower().endswith(".onnx") and str(device).startswith("cuda"):
+        device, kwargs = _resolve(device), {}
+        if str(path).lower().endswith(".onnx") and device.startswith("cuda"):
             kwargs["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # GPU build
-        model = load_model(path, name, **kwargs) if name else load_model(path, **kwargs)
-        return cls(model, device, batch_size, flip, align, detector, settings)
+        return cls(load_model(path, name, **kwargs), device, **options)
 
     @property
     def detector(self) -> Any:
@@ -226,6 +215,10 @@ class FaceEmbedder:
 
 
 # ---------------------------------------------------------------------------- inputs
+
+
+def _resolve(device: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else str(device)
 
 
 def to_rgb(item: ImageInput, name: str = "input") -> np.ndarray:

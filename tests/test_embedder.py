@@ -331,3 +331,36 @@ def test_calibrate_far_writes_threshold_json(tmp_path):
     assert (neg > t).sum() == round(f * 2999) <= 2
     with pytest.raises(ValueError, match=r"calibrate_far=0.0001 .*2999 mismatched"):
         write_threshold(path, scores, same, 1e-4, "p.txt", "best.pt", None, True)
+
+
+def test_embed_py_runs_from_its_config_on_aligned_crops(checkpoint, tmp_path):
+    """The entry point's library function: the config's model options reach FaceEmbedder and the
+    default folder is used (a second run finds the work done)."""
+    from hydra import compose, initialize_config_dir
+    from PIL import Image
+
+    from face_rec.embed_job import default_output_dir, embed_from_config
+
+    rng = np.random.default_rng(0)
+    for who in ("a", "b"):
+        (tmp_path / "crops" / who).mkdir(parents=True)
+        for k in range(2):
+            crop = rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)
+            Image.fromarray(crop).save(tmp_path / "crops" / who / f"{k}.png")
+    overrides = [
+        f"checkpoint={checkpoint}",
+        f"input_dir={tmp_path}/crops",
+        "aligned=true",
+        "device=cpu",
+        "batch_size=3",
+        f"paths.log_dir={tmp_path}/logs",
+    ]
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        cfg = compose("embed", overrides=overrides)
+    summary = embed_from_config(cfg)
+    emb = np.load(default_output_dir(cfg) / "embeddings.npy")
+    assert emb.shape == (4, 16) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    assert summary["counts"]["ok"] == 4
+    before = (default_output_dir(cfg) / "embeddings.npy").stat().st_mtime_ns
+    embed_from_config(cfg)  # the same command again: complete, nothing redone
+    assert (default_output_dir(cfg) / "embeddings.npy").stat().st_mtime_ns == before
