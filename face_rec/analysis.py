@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from face_rec.data.pairs import Pairs, load_pairs
+from face_rec.eval.suite import configured_sets
 from face_rec.eval.verification import PairImages, stratified_folds
 from face_rec.report import find_runs, read_run
 
@@ -77,7 +78,11 @@ def load_run_pairs(run_dir: str | Path) -> RunPairs:
             f"{run_dir} lacks {missing}: not a finished training run with validation"
         )
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    pairs = load_pairs(cfg.val.pairs, cfg.val.image_root)
+    if "sets" in cfg.val:  # scores.csv holds the first set's pairs
+        first = configured_sets(cfg.val.sets, cfg.val.bins_dir)[0]
+        pairs = load_pairs(first.pairs, first.image_root)
+    else:  # a run made before validation sets were named
+        pairs = load_pairs(cfg.val.pairs, cfg.val.image_root)
     with open(run_dir / "scores.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     if len(rows) != len(pairs):

@@ -84,7 +84,8 @@ _UNRESOLVED = _Unresolved()
 
 @dataclass
 class TopLevelConfig:
-    """Top-level keys of conf/train.yaml, eval_lfw.yaml, align.yaml, embed.yaml, export.yaml."""
+    """Top-level keys of conf/train.yaml, eval_lfw.yaml, align.yaml, embed.yaml, export.yaml,
+    identify.yaml."""
 
     paths: dict
     data: dict
@@ -106,7 +107,8 @@ class TopLevelConfig:
     init_from: Path | None
     partial_fc: float | None
     checkpoint: Path | None
-    pairs: Path | None
+    pairs: Path | list[Path] | None  # eval_lfw.yaml: one list, or a suite of lists
+    suite: str | None  # eval_lfw.yaml: standard (the .bin sets of paths.bins_dir)
     image_root: Path | None
     calibration_pairs: Path | None
     trained_on: Path | None
@@ -114,6 +116,9 @@ class TopLevelConfig:
     output_dir: Path | None  # embed.yaml: null, a folder per command
     limit: int | None
     calibrate_far: float | None  # eval_lfw.yaml
+    list: Path | None  # identify.yaml: the path,identity,role CSV
+    ranks: list[int]  # identify.yaml: the rank-k accuracies reported
+    max_rank: int  # identify.yaml: the CMC's last rank
     aligned: bool  # embed.yaml
     batch_size: int
     device: str
@@ -136,6 +141,7 @@ class PathsConfig:
     data_dir: Path
     pack_dir: Path
     log_dir: Path
+    bins_dir: Path
 
 
 @dataclass
@@ -233,12 +239,21 @@ class TrainerConfig:
 
 @dataclass
 class ValConfig:
-    """conf/val/*.yaml (``face_rec.train.PairValidation``); ``select``: a pair list or
-    ``holdout``."""
+    """conf/val/*.yaml (``face_rec.train.PairValidation``): named ``sets``, the standard
+    ``.bin`` sets of ``bins_dir``; ``select``: holdout, mean, a set's name or a pair list."""
 
-    pairs: Path | None
-    calibration_pairs: Path | None
+    sets: dict
+    bins_dir: Path | None
     select: Path | None
+
+
+@dataclass
+class ValSetConfig:
+    """One validation set, ``val.sets.<name>`` (:func:`face_rec.eval.suite.configured_sets`;
+    a plain path is accepted too)."""
+
+    pairs: Path
+    calibration_pairs: Path | None
     image_root: Path | None
 
 
@@ -266,6 +281,7 @@ SCHEMAS: dict[str, type] = {
     "scheduler": SchedulerConfig,
     "trainer": TrainerConfig,
     "val": ValConfig,
+    "val.sets.*": ValSetConfig,
     "eval": EvalConfig,
 }
 

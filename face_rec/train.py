@@ -30,6 +30,7 @@ from face_rec.engine.schedule import make_scheduler
 from face_rec.engine.trainer import Hook, Trainer
 from face_rec.eval.cli import prepare_pair_images, resolve_device
 from face_rec.eval.report import write_roc, write_scores
+from face_rec.eval.suite import PairSet, configured_sets, mean_accuracy
 from face_rec.eval.verification import PairImages, embed_pairs, measure_pairs
 from face_rec.models.backbones.resnet import freeze_stages
 from face_rec.models.partial_fc import PartialFC
@@ -124,53 +125,78 @@ class RunStats(Hook):
 
 
 class PairValidation:
-    """model -> {"test": metrics of ``val.pairs`` (threshold from ``val.calibration_pairs`` when
-    it has no folds), "select": metrics of ``val.select`` (its own folds, else 10-fold CV over
-    its own pairs; no bootstrap)}; "select" is absent when ``val.select`` is null.
-    ``val.select=holdout``: pairs of the identities the training data held out
-    (:func:`~face_rec.data.holdout.holdout_pairs`).
+    """model -> {"sets": {name: metrics of each validation set}, "select": metrics of the
+    selection list or None}.
 
-    The test list is what the run reports; the selection list chooses ``best.pt`` and the value
-    returned to sweepers, so that no model is selected on the list whose number is reported.
-    Each list's images are aligned once per run and embedded once per validation.
+    The sets (:func:`~face_rec.eval.suite.configured_sets`: ``val.sets``, and with
+    ``val.bins_dir`` every standard ``.bin`` present) are what the run reports; a set without
+    folds takes its threshold from its ``calibration_pairs`` when given, else 10-fold CV over its
+    own pairs. ``val.select`` chooses ``best.pt`` and the value returned to sweepers:
+    ``holdout`` (pairs of the identities the training data held out,
+    :func:`~face_rec.data.holdout.holdout_pairs`), ``mean`` (the mean accuracy over the sets),
+    a set's name, a pair list, or null (the first set). Only ``holdout`` and another pair list
+    keep the reported sets out of model selection.
+
+    Each list's images are decoded (a ``.bin``) or aligned once per run and embedded once per
+    validation, in batches, with flip TTA as ``eval.flip`` says.
     """
 
     def __init__(self, cfg: DictConfig, device: str, dataset=None) -> None:
         self.cfg, self.device, self.lists = cfg, device, {}
-        self.test = self.pair_list(cfg.val.pairs)
-        calib = cfg.val.calibration_pairs
-        self.calibration = self.pair_list(calib) if self.pairs.n_folds < 2 and calib else None
-        self.select = None
+        self.sets = {s.name: s for s in configured_sets(cfg.val.sets, cfg.val.bins_dir)}
+        if not self.sets:
+            raise ValueError("validation has no sets: give val.sets or val=standard")
+        self.select, self.select_name = None, cfg.val.select
         if cfg.val.select == "holdout":
             if not getattr(dataset, "held_rows", None):
                 raise ValueError(
                     "val.select=holdout: the training data holds out no identities; set "
-                    "train_data.holdout_fraction (packs only) or val.select=<pair list>"
+                    "train_data.holdout_fraction (packs only) or val.select=<set name | mean | "
+                    "pair list>"
                 )
             self.select = holdout_pairs(dataset)  # fixed pairs: the same list for every seed
-        elif cfg.val.select:
+        elif cfg.val.select and cfg.val.select not in self.sets and cfg.val.select != "mean":
             self.select = self.pair_list(cfg.val.select)
-        if self.select is None or self.select is self.test:
+            self.select_name = Path(cfg.val.select).stem
+        reported = self.reported_selection()
+        if reported:
             log.warning(
-                "no selection list apart from the test list %s: best.pt and the sweep objective "
-                "are chosen on the list whose number is reported (optimistic); set val.select",
-                cfg.val.pairs,
+                "best.pt and the sweep objective are chosen on %s, whose numbers the run also "
+                "reports (optimistic for those sets); set val.select=holdout or another list",
+                ", ".join(reported),
             )
-            self.select = None
+        for s in self.sets.values():  # decoded / aligned now, once per run
+            self.pair_list(s.pairs, s.image_root)
+            if s.calibration_pairs:
+                self.pair_list(s.calibration_pairs, s.image_root)
+
+    def reported_selection(self) -> list[str]:
+        """The reported sets that also choose the model (empty: none)."""
+        what = self.cfg.val.select
+        if self.select is not None:
+            return []
+        if what == "mean":
+            return list(self.sets)
+        return [what if what in self.sets else next(iter(self.sets))]
+
+    @property
+    def primary(self) -> PairSet:
+        """The first set: its numbers are also the run's ``val`` and ``val/accuracy``."""
+        return next(iter(self.sets.values()))
 
     @property
     def pairs(self) -> Pairs:
-        """The test list's pairs (scores.csv follows them)."""
-        return self.test[0]
+        """The first set's pairs (scores.csv follows them)."""
+        return self.pair_list(self.primary.pairs, self.primary.image_root)[0]
 
-    def pair_list(self, path: str) -> tuple[Pairs, PairImages]:
+    def pair_list(self, path, image_root=None) -> tuple[Pairs, PairImages]:
         key = str(Path(path).resolve())  # one list read and embedded once, however it is named
         if key not in self.lists:
-            pairs = load_pairs(path, self.cfg.val.image_root)
+            pairs = load_pairs(path, image_root)
             self.lists[key] = (pairs, prepare_pair_images(pairs, self.cfg))
         return self.lists[key]
 
-    def __call__(self, model: torch.nn.Module) -> dict[str, dict]:
+    def __call__(self, model: torch.nn.Module) -> dict:
         e, embedded = self.cfg.eval, {}
 
         def embed(lst: tuple[Pairs, PairImages]) -> tuple:
@@ -178,34 +204,56 @@ class PairValidation:
                 embedded[id(lst)] = embed_pairs(model, lst[1], e.batch_size, self.device, e.flip)
             return (*lst, embedded[id(lst)])
 
-        calib = embed(self.calibration) if self.calibration is not None else None
-        out = {"test": measure_pairs(*embed(self.test), calib, e.n_bootstrap, e.seed)}
+        results, seconds = {}, {}
+        for name, s in self.sets.items():
+            start = time.perf_counter()
+            lst = self.pair_list(s.pairs, s.image_root)
+            calib = None
+            if lst[0].n_folds < 2 and s.calibration_pairs:
+                calib = embed(self.pair_list(s.calibration_pairs, s.image_root))
+            results[name] = measure_pairs(*embed(lst), calib, e.n_bootstrap, e.seed)
+            seconds[name] = round(time.perf_counter() - start, 2)
         if self.select is not None:
-            out["select"] = measure_pairs(*embed(self.select), None, 0, e.seed)
-        return out
+            select = measure_pairs(*embed(self.select), None, 0, e.seed)
+        elif self.cfg.val.select == "mean":
+            select = {"accuracy_mean": mean_accuracy(results)}
+        else:
+            select = results[self.reported_selection()[0]]
+        return {
+            "sets": results,
+            "select": select,
+            "select_name": self.select_name,
+            "seconds": seconds,
+        }
 
 
-def model_selection(cfg: DictConfig, validation: H.Validation) -> dict:
-    """What chose ``best.pt`` and the sweep objective, and what the reported number tests."""
-    tested = f"{cfg.val.pairs} (final step; threshold: {validation.latest['test']['protocol']})"
-    select = validation.latest.get("select")
-    if select is not None:
-        what = cfg.val.select
-        if what == "holdout":
-            what = (
-                f"{select['n_pairs']} pairs of the identities held out of training "
-                f"(train_data.holdout_fraction={cfg.train_data.holdout_fraction})"
-            )
-        selected = f"{what} ({select['protocol']})"
-        note = "the reported list took no part in choosing the model"
-    else:
-        selected = f"{cfg.val.pairs}: the reported list itself"
-        note = (
-            "OPTIMISTIC: best.pt and the sweep objective were chosen on the reported list; "
-            "set val.select to another list"
+def model_selection(cfg: DictConfig, validation: H.Validation, pv: PairValidation) -> dict:
+    """What chose ``best.pt`` and the sweep objective, and what the reported numbers test."""
+    tested = {
+        name: f"{s.pairs} (final step; threshold: {validation.latest['sets'][name]['protocol']})"
+        for name, s in pv.sets.items()
+    }
+    reported = pv.reported_selection()
+    what = cfg.val.select
+    if what == "holdout":
+        n = validation.latest["select"]["n_pairs"]
+        what = (
+            f"{n} pairs of the identities held out of training "
+            f"(train_data.holdout_fraction={cfg.train_data.holdout_fraction}, 10 "
+            "identity-disjoint folds)"
         )
+    elif what == "mean":
+        what = f"the mean accuracy over the sets {', '.join(pv.sets)}"
+    elif not what:
+        what = f"{reported[0]} (val.select=null: the first set)"
+    note = (
+        "the reported sets took no part in choosing the model"
+        if not reported
+        else f"OPTIMISTIC for {', '.join(reported)}: best.pt and the sweep objective were chosen "
+        "on it; set val.select=holdout or another list"
+    )
     return {
-        "selected_on": selected,
+        "selected_on": what,
         "tested_on": tested,
         "best_checkpoint": "checkpoints/best.pt",
         "best_step": validation.best_step,
@@ -228,8 +276,11 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation
     if world > 1:
         seed_everything(cfg.seed + rank)  # per-rank streams: dropout, centre shards, sampling
     head, loss_fn = None, instantiate(cfg.head.loss)
-    if cfg.partial_fc:
-        loss_fn = PartialFC(cfg.model.embedding_dim, dataset.num_classes, loss_fn, cfg.partial_fc)
+    if cfg.partial_fc:  # the centres sharded by identity, each with the head's sub-centres
+        k = (cfg.head.module or {}).get("sub_centers", 1)
+        loss_fn = PartialFC(
+            cfg.model.embedding_dim, dataset.num_classes, loss_fn, cfg.partial_fc, sub_centers=k
+        )
     elif cfg.head.module is not None:
         head = instantiate(cfg.head.module, num_classes=dataset.num_classes)
     frozen = freeze_stages(model, cfg.trainer.freeze_stages)
@@ -244,11 +295,10 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation
     )
     tb = H.TensorBoard(out_dir / "tensorboard", cfg.trainer.log_every) if main else None
     validation = None
-    if cfg.val.pairs:
+    if cfg.val.sets or cfg.val.bins_dir:
         validation = H.Validation(
             PairValidation(cfg, device, dataset) if main else None,
             cfg.trainer.eval_every,
-            names={"test": Path(cfg.val.pairs).stem, "select": Path(cfg.val.select or ".").stem},
             tensorboard=tb,
         )
     stats = RunStats()
@@ -337,21 +387,44 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     if not info.is_main:
         return metrics
     if validation is not None and validation.latest is not None:
-        test = validation.latest["test"]
-        chosen = validation.latest.get("select", test)
-        metrics["val"] = {k: v for k, v in test.items() if k not in ("scores", "roc")}
-        if "select" in validation.latest:
-            metrics["select"] = {k: v for k, v in chosen.items() if k not in ("scores", "roc")}
-        metrics["model_selection"] = model_selection(cfg, validation)
-        metrics["val_history"] = validation.history
-        metrics["val/accuracy"] = test["accuracy_mean"]
-        metrics["val/eer"] = test["eer"]
-        metrics["select/accuracy"] = chosen["accuracy_mean"]
-        write_roc(out_dir / "roc.csv", test["roc"])
+        metrics.update(validation_metrics(cfg, validation))
+        pv, latest = validation.evaluate, validation.latest
+        write_roc(out_dir / "roc.csv", latest["sets"][pv.primary.name]["roc"])
         # per-pair scores of the final validation, for error analysis (notebooks/compare_runs)
-        write_scores(out_dir / "scores.csv", validation.evaluate.pairs, test["scores"])
+        for i, (name, m) in enumerate(latest["sets"].items()):
+            pairs = pv.pair_list(pv.sets[name].pairs, pv.sets[name].image_root)[0]
+            write_scores(
+                out_dir / ("scores.csv" if i == 0 else f"scores_{name}.csv"), pairs, m["scores"]
+            )
     write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def validation_metrics(cfg: DictConfig, validation: H.Validation) -> dict:
+    """metrics.json's validation part: ``val_sets`` (every set's final-step metrics), ``val``
+    and ``val/accuracy`` (the first set's: what sweep reports read), ``val/<set>/accuracy``,
+    ``val/mean_accuracy``, the selection list's ``select`` and ``select/accuracy`` (the sweep
+    objective), ``model_selection``, ``val_history``."""
+    pv, latest = validation.evaluate, validation.latest
+    sets = {
+        n: {k: v for k, v in m.items() if k not in ("scores", "roc")}
+        for n, m in latest["sets"].items()
+    }
+    first = sets[pv.primary.name]
+    out = {
+        "val_sets": sets,
+        "val": first,
+        "val/accuracy": first["accuracy_mean"],
+        "val/eer": first["eer"],
+        "val/mean_accuracy": mean_accuracy(latest["sets"]),
+        **{f"val/{n}/accuracy": m["accuracy_mean"] for n, m in sets.items()},
+        "select/accuracy": latest["select"]["accuracy_mean"],
+        "model_selection": model_selection(cfg, validation, pv),
+        "val_history": validation.history,
+    }
+    if pv.select is not None:
+        out["select"] = {k: v for k, v in latest["select"].items() if k not in ("scores", "roc")}
+    return out
 
 
 def _weights_digest(model: torch.nn.Module) -> str:

@@ -90,7 +90,8 @@ def tiny_args(tiny) -> list[str]:
     return [
         *TINY,
         f"train_data.sources.lfw.pack_dir={tiny}/pack",
-        f"val.pairs={tiny}/val.bin",
+        "val=none",
+        f"+val.sets.val.pairs={tiny}/val.bin",
         f"val.select={tiny}/select.bin",
         f"paths.pack_dir={tiny}/packs",
     ]

@@ -69,7 +69,7 @@ def test_eval_with_every_model_passes(model):
 
 def test_the_overrides_of_the_tests_pass():
     check_config(_compose("train", *TINY, "partial_fc=0.5", "resume=true", "run_name=20240101"))
-    check_config(_compose("train", "trainer.grad_clip=null", "val.pairs=null", "head=triplet"))
+    check_config(_compose("train", "trainer.grad_clip=null", "val=none", "head=triplet"))
 
 
 def test_a_string_for_a_float_names_key_value_and_type():

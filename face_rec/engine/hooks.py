@@ -112,25 +112,23 @@ class TensorBoard(Hook):
 
 class Validation(Hook):
     """Verification every ``every`` steps and at the end. ``evaluate``: a function model ->
-    {"test": metrics, "select": metrics (optional)}: the list the run reports and the list that
-    selects the model. Keeps ``history``, the latest results and whether the selection list's
-    ``metric`` (the test list's when there is none) is the best so far (higher is better).
+    {"sets": {name: metrics}, "select": metrics, "seconds": {name: s}} (the sets the run reports
+    and the list that selects the model, e.g. :class:`face_rec.train.PairValidation`). Keeps
+    ``history``, the latest results and whether the selection list's ``metric`` is the best so
+    far (higher is better). Each set is logged to TensorBoard under ``val/<name>/`` and the
+    selection list under ``select/``, with the validation's time.
 
     Under torchrun only rank 0 evaluates (the others pass ``evaluate=None``) and tells the others
     whether the result improved, so that all of them take part in saving ``best.pt``."""
-
-    PREFIX = {"test": "val", "select": "select"}  #: TensorBoard tag prefix of each list
 
     def __init__(
         self,
         evaluate,
         every: int,
-        names: dict[str, str] | None = None,
         metric: str = "accuracy_mean",
         tensorboard: TensorBoard | None = None,
     ) -> None:
         self.evaluate, self.every, self.metric = evaluate, every, metric
-        self.names = names or {"test": "val", "select": "select"}
         self.tensorboard = tensorboard
         self.history: list[dict] = []
         self.latest: dict | None = None
@@ -149,17 +147,26 @@ class Validation(Hook):
         start, step = time.perf_counter(), trainer.state.step
         results = self.evaluate(trainer.model)
         self.latest = results
-        value = results.get("select", results["test"])[self.metric]
+        value = results["select"][self.metric]
         self.improved = value > self.best_value
         if self.improved:
             self.best_value, self.best_step = value, step
-        summary = {"step": step, **{k: _summary(m) for k, m in results.items()}}
-        summary["seconds"] = round(time.perf_counter() - start, 1)
+        seconds = round(time.perf_counter() - start, 1)
+        summary = {"step": step, **{k: _summary(m) for k, m in results["sets"].items()}}
+        summary["select"] = {"accuracy": value}
+        summary["seconds"] = seconds
+        summary["seconds_per_set"] = results.get("seconds", {})
         self.history.append(summary)
-        log.info("validation at step %d: %s", step, summary)
+        log.info("validation at step %d (%.1f s): %s", step, seconds, summary)
         if self.tensorboard is not None:
-            for key, m in results.items():
-                self.tensorboard.log_validation(step, self.names[key], m, self.PREFIX[key])
+            for name, m in results["sets"].items():
+                self.tensorboard.log_validation(step, name, m)
+            if "eer" in results["select"]:  # a list of its own, not a set or the sets' mean
+                name = results.get("select_name") or "select"
+                self.tensorboard.log_validation(step, name, results["select"], "select")
+            else:
+                self.tensorboard.writer.add_scalar("select/accuracy", value, step)
+            self.tensorboard.writer.add_scalar("val/seconds", seconds, step)
 
     def state_dict(self) -> dict:
         return {"history": self.history, "best_value": self.best_value, "best_step": self.best_step}

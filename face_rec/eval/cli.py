@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from face_rec.align.cli import alignment_kwargs
 from face_rec.config_check import check_config
@@ -16,6 +16,14 @@ from face_rec.data.pack import SUMMARY_NAME, read_manifest, read_summary
 from face_rec.data.pairs import Pairs, load_pairs
 from face_rec.eval.metrics import far_supported, threshold_at_far
 from face_rec.eval.report import plot_roc, write_metrics, write_roc, write_scores
+from face_rec.eval.suite import (
+    configured_sets,
+    mean_accuracy,
+    named_lists,
+    standard_sets,
+    suite_markdown,
+    suite_rows,
+)
 from face_rec.eval.verification import (
     PairImages,
     align_pair_images,
@@ -99,16 +107,102 @@ def prepare_pair_images(pairs: Pairs, cfg: DictConfig) -> PairImages:
 
 
 def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """Run ``eval_lfw.py``: metrics.json, scores.csv, roc.png and config.yaml into ``out_dir``."""
+    """Run ``eval_lfw.py``: one pair list (metrics.json, scores.csv, roc.png, config.yaml into
+    ``out_dir``), or with ``suite=standard`` / ``pairs=[...]`` every list of the suite
+    (:func:`evaluate_suite`)."""
     check_config(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.suite or isinstance(cfg.pairs, ListConfig | list):
+        return evaluate_suite(cfg, out_dir)
     pairs_path = Path(cfg.pairs) if cfg.pairs else default_pairs(Path(cfg.data.root))
-    pairs = load_pairs(pairs_path, cfg.image_root)
     if cfg.calibrate_far is not None:  # before any embedding: can this list resolve the FAR?
-        check_far(int((~pairs.same).sum()), cfg.calibrate_far, pairs_path)
+        same = load_pairs(pairs_path, cfg.image_root).same
+        check_far(int((~same).sum()), cfg.calibrate_far, pairs_path)
+    device = resolve_device(cfg.eval.device)
+    metrics = evaluate_list(cfg, build_model(cfg).to(device), pairs_path, out_dir, device)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    print(summary_line(metrics) + f" -> {out_dir}")
+    if cfg.calibrate_far is not None:
+        t = write_threshold(
+            out_dir / "threshold.json",
+            metrics["scores"],
+            same,
+            cfg.calibrate_far,
+            pairs=str(pairs_path),
+            checkpoint=cfg.checkpoint,
+            model=None if cfg.checkpoint else cfg.model.get("path") or cfg.model.name,
+            flip=cfg.eval.flip,
+        )
+        print(
+            f"threshold {t['threshold']:.6f} for FAR {t['far_target']:g} (achieved "
+            f"{t['far_achieved']:.2e}, TAR {t['tar_at_threshold']:.4f}) -> {out_dir}/threshold.json"
+        )
+    return metrics
+
+
+def evaluate_suite(cfg: DictConfig, out_dir: Path) -> dict:
+    """Every list of ``suite=standard`` (the standard ``.bin`` sets present in
+    ``paths.bins_dir``) or ``pairs=[a.bin, b.bin, c.txt]``, each into ``out_dir/<name>/`` as a
+    single evaluation writes it; then one table: ``suite.json``, ``suite.md``, ``roc.png``
+    (all sets) and the table printed. Returns {"sets": {name: metrics}, "missing": [...],
+    "mean_accuracy": ...}."""
+    if cfg.calibrate_far is not None:
+        raise ValueError("calibrate_far needs one pair list: pass pairs=<file>, not a suite")
+    missing: list[str] = []
+    if cfg.suite:
+        if cfg.suite != "standard":
+            raise ValueError(
+                f"suite={cfg.suite!r} is not a suite; use suite=standard (the .bin sets in "
+                "paths.bins_dir) or pairs=[list1,list2,...]"
+            )
+        sets, missing = standard_sets(cfg.paths.bins_dir)
+        if not sets:
+            configured_sets(None, cfg.paths.bins_dir)  # raises: none present, what to do
+    else:
+        sets = named_lists(list(cfg.pairs))
+    for name in missing:
+        log.warning("suite: %s.bin not in %s (skipped)", name, cfg.paths.bins_dir)
     device = resolve_device(cfg.eval.device)
     model = build_model(cfg).to(device)
+    results = {}
+    for s in sets:
+        results[s.name] = evaluate_list(cfg, model, s.pairs, out_dir / s.name, device)
+        print(f"{s.name}: " + summary_line(results[s.name]))
+    rows = suite_rows(results)
+    table = suite_markdown(rows)
+    summary = {
+        "sets": {
+            r["set"]: {**r, "pairs_file": str(s.pairs)} for r, s in zip(rows, sets, strict=True)
+        },
+        "missing": [f"{n}.bin" for n in missing],
+        "mean_accuracy": mean_accuracy(results),
+        "checkpoint": cfg.checkpoint,
+        "model": cfg.model.name if not cfg.checkpoint else None,
+        "flip": cfg.eval.flip,
+    }
+    write_json(out_dir / "suite.json", summary)
+    title = f"# Suite: {cfg.checkpoint or cfg.model.name}\n\n"
+    note = f"\nmissing (not scored): {', '.join(summary['missing'])}\n" if missing else ""
+    (out_dir / "suite.md").write_text(title + table + note)
+    plot_roc(out_dir / "roc.png", results, title="suite")
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    print(table + note + f"-> {out_dir}/suite.md")
+    return {
+        "sets": results,
+        "missing": summary["missing"],
+        "mean_accuracy": summary["mean_accuracy"],
+    }
+
+
+def evaluate_list(
+    cfg: DictConfig, model: torch.nn.Module, pairs_path: Path, out_dir: Path, device: str
+) -> dict:
+    """Score one pair list with ``model``: metrics.json, scores.csv, roc.csv and roc.png into
+    ``out_dir``. A list without folds takes its threshold from ``calibration_pairs`` when that
+    file exists, else 10-fold CV over its own pairs. Returns the metrics."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pairs = load_pairs(pairs_path, cfg.image_root)
     calibration = None
     calib_path = cfg.calibration_pairs
     if pairs.n_folds < 2 and calib_path and Path(calib_path).is_file():
@@ -154,23 +248,6 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     write_scores(out_dir / "scores.csv", pairs, metrics["scores"])
     write_roc(out_dir / "roc.csv", metrics["roc"])
     plot_roc(out_dir / "roc.png", {pairs_path.name: metrics}, title=f"{pairs_path.name}")
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    print(summary_line(metrics) + f" -> {out_dir}")
-    if cfg.calibrate_far is not None:
-        t = write_threshold(
-            out_dir / "threshold.json",
-            metrics["scores"],
-            pairs.same,
-            cfg.calibrate_far,
-            pairs=str(pairs_path),
-            checkpoint=cfg.checkpoint,
-            model=None if cfg.checkpoint else cfg.model.get("path") or cfg.model.name,
-            flip=cfg.eval.flip,
-        )
-        print(
-            f"threshold {t['threshold']:.6f} for FAR {t['far_target']:g} (achieved "
-            f"{t['far_achieved']:.2e}, TAR {t['tar_at_threshold']:.4f}) -> {out_dir}/threshold.json"
-        )
     return metrics
 
 

@@ -74,7 +74,8 @@ def test_training_selects_on_the_held_out_identities(pack, tmp_path):
         pack,
         tmp_path,
         "model=mobilefacenet",
-        f"val.pairs={tmp_path}/test.bin",
+        "val=none",
+        f"+val.sets.val.pairs={tmp_path}/test.bin",
         "val.select=holdout",
         "train_data.holdout_fraction=0.4",
         "eval.n_bootstrap=5",
@@ -84,7 +85,7 @@ def test_training_selects_on_the_held_out_identities(pack, tmp_path):
     ts = TrainSet([Source(str(pack))], holdout=0.4)
     held = {ts.parts[s].rows[r]["identity"] for s, r in ts.held_rows}
     assert "held out of training" in m["model_selection"]["selected_on"]
-    assert "test.bin" in m["model_selection"]["tested_on"]
+    assert "test.bin" in m["model_selection"]["tested_on"]["val"]
     assert m["select"]["n_pairs"] == len(holdout_pairs(ts, seed=0)[0])
     assert m["train"]["identities"] == len(ts.names)
     trained = checkpoint_training_identities(tmp_path / "run" / "checkpoints" / "last.pt")

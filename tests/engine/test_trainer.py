@@ -41,7 +41,7 @@ def _cfg(pack, tmp_path, *overrides):
             "train",
             overrides=[
                 *data,
-                "val.pairs=null",
+                "val=none",
                 "trainer.batch_size=8",
                 "trainer.max_steps=3",
                 "trainer.checkpoint_every=0",
@@ -235,7 +235,8 @@ def test_full_run_writes_checkpoints_metrics_and_validation(pack, tmp_path):
         tmp_path,
         "model=mobilefacenet",
         "model.input_size=32",
-        f"val.pairs={tmp_path}/val.bin",
+        "val=none",
+        f"+val.sets.val.pairs={tmp_path}/val.bin",
         f"val.select={tmp_path}/sel.bin",
         "eval.n_bootstrap=10",
         "trainer.max_steps=4",
@@ -249,7 +250,7 @@ def test_full_run_writes_checkpoints_metrics_and_validation(pack, tmp_path):
     assert (out / "metrics.json").is_file() and (out / "config.yaml").is_file()
     # the model is selected on sel.bin, never on val.bin whose number is reported
     sel = metrics["model_selection"]
-    assert "sel.bin" in sel["selected_on"] and "val.bin" in sel["tested_on"]
+    assert "sel.bin" in sel["selected_on"] and "val.bin" in sel["tested_on"]["val"]
     assert metrics["select/accuracy"] == metrics["select"]["accuracy_mean"]
     accs = [h["select"]["accuracy"] for h in metrics["val_history"]]
     assert sel["best_step"] == metrics["val_history"][int(np.argmax(accs))]["step"]
