@@ -41,6 +41,12 @@ class Hook:
 class Trainer:
     """Trains ``model`` (+ ``head``) with ``loss_fn`` over batch plans of ``dataset``.
 
+    The model returns raw (unnormalised) embeddings (B, D); the head maps them to scores (B, C)
+    (without a head the loss gets the embeddings), and every loss is called as
+    ``loss_fn(scores, labels, norms)`` with the raw embeddings' norms (B,), which the
+    quality-adaptive margins use (AdaFace, MagFace) and the others ignore. A loss's buffers
+    (AdaFace's norm statistics, CurricularFace's t) are part of :meth:`state_dict`.
+
     ``frozen``: modules left untrained (fine-tuning): kept in eval mode. One step =
     ``accum_steps`` micro-batches then one optimizer update. After each step
     ``self.metrics`` holds loss, accuracy, grad norm, LR, images/s and the data-wait fraction.
@@ -146,9 +152,9 @@ class Trainer:
             x = x.contiguous(memory_format=self.memory_format)
             y = labels.to(self.device, non_blocking=True)
             with self.autocast():
-                embeddings = self.forward_model(x)
+                embeddings = self.forward_model(x)  # raw: not normalised
                 out = self.forward_head(embeddings) if self.head is not None else embeddings
-                per_sample = self.loss_fn(out, y)
+                per_sample = self.loss_fn(out, y, embeddings.float().norm(dim=1))
             w = self.weight[y] if self.weight is not None else torch.ones_like(per_sample)
             loss = (per_sample * w).mean() / self.accum_steps
             self.scaler.scale(loss).backward()

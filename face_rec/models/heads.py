@@ -1,4 +1,6 @@
-"""Classification heads: they own the class centres and map embeddings (B, D) to (B, C)."""
+"""Classification heads: they own the class centres and map the raw (unnormalised) embeddings
+(B, D) to scores (B, C). The trainer passes the raw embeddings' norms to the loss besides, so
+that a loss may adapt its margin to them (AdaFace, MagFace)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,15 @@ class LinearHead(nn.Module):
         return self.fc(x)
 
 
+def class_cosines(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Cosines of unit rows ``x`` (B, D) to class centres ``weight`` (C, D), or to sub-centres
+    (C, K, D) of which each class keeps its largest: max_k <x, w_jk / |w_jk|>. -> (B, C)."""
+    w = F.normalize(weight, dim=-1)
+    if w.dim() == 2:
+        return F.linear(x, w)
+    return F.linear(x, w.flatten(0, 1)).unflatten(1, w.shape[:2]).amax(2)
+
+
 class CosineHead(nn.Module):
     """Cosine classifier for margin losses: cos(theta_j) = <x / |x|, w_j / |w_j|>. (B, D) -> (B, C)
     in [-1, 1]; the loss adds the margin and the scale."""
@@ -28,4 +39,25 @@ class CosineHead(nn.Module):
         nn.init.normal_(self.weight, std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+        return class_cosines(F.normalize(x, dim=1), self.weight)
+
+
+class SubCenterHead(nn.Module):
+    """Sub-center cosine head (sub-center ArcFace, Deng et al., ECCV 2020): K centres per class,
+    cos(theta_j) = max_k <x / |x|, w_jk / |w_jk|>. (B, D) -> (B, C) in [-1, 1]; the loss (ArcFace's
+    margin) sees one cosine per class. On noisy data a class's clean faces gather at a dominant
+    sub-centre and its noise at the others.
+
+    ``weight`` is (C, K, D): a class's K sub-centres are one row of the first dimension, so Partial
+    FC (``sub_centers=K``) shards and samples them by identity, together.
+    """
+
+    def __init__(self, embedding_dim: int, num_classes: int, sub_centers: int = 3) -> None:
+        super().__init__()
+        if sub_centers < 1:
+            raise ValueError(f"sub_centers={sub_centers}: need at least 1 centre per class")
+        self.weight = nn.Parameter(torch.empty(num_classes, sub_centers, embedding_dim))
+        nn.init.normal_(self.weight, std=0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return class_cosines(F.normalize(x, dim=1), self.weight)

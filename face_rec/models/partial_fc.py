@@ -13,6 +13,12 @@ other loss in the trainer, and the backbone (under DDP, which averages over rank
 the full-softmax gradient of the global batch. The centres are not under DDP; their gradient is
 divided by W so that, too, equals the gradient of the global mean loss. With r = 1 this is the
 full (margin) softmax, which tests/models/test_partial_fc.py checks against a single process.
+
+Sub-centres (sub-center ArcFace, ``sub_centers`` K > 1): the shard is (C / W, K, D), a class's
+K sub-centres on one rank and sampled together, each class scored by its best sub-centre (as
+:class:`~face_rec.models.heads.SubCenterHead`). Quality-adaptive margins (AdaFace, MagFace) get the
+norms of the gathered raw embeddings, and MagFace's per-sample regulariser is added to this
+rank's rows.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from torch.nn import functional as F
 
 from face_rec import distributed as D
 from face_rec.losses import MarginSoftmax
+from face_rec.models.heads import class_cosines
 
 
 def shard_range(num_classes: int, rank: int, world: int) -> tuple[int, int]:
@@ -67,11 +74,12 @@ class _ShardedCrossEntropy(torch.autograd.Function):
 
 
 class PartialFC(nn.Module):
-    """Sharded class centres + a margin softmax: ``forward(embeddings (B, D), labels (B,))`` ->
-    per-sample losses (B,). Used as the trainer's loss (there is no separate head).
+    """Sharded class centres + a margin softmax: ``forward(raw embeddings (B, D), labels (B,))``
+    -> per-sample losses (B,). Used as the trainer's loss (there is no separate head).
 
-    Checkpoints hold the full (C, D) centre matrix (gathered from the shards), so a run resumes
-    on any number of ranks: :meth:`_load_from_state_dict` keeps this rank's rows.
+    Checkpoints hold the full (C, D) centre matrix ((C, K, D) with K ``sub_centers``), gathered
+    from the shards, so a run resumes on any number of ranks: :meth:`_load_from_state_dict`
+    keeps this rank's rows.
     """
 
     def __init__(
@@ -80,19 +88,24 @@ class PartialFC(nn.Module):
         num_classes: int,
         margin: MarginSoftmax,
         sample_rate: float = 1.0,
+        sub_centers: int = 1,
     ) -> None:
         super().__init__()
         if not isinstance(margin, MarginSoftmax):
             raise ValueError(
                 f"Partial FC needs a margin-softmax head (normface, sphereface, cosface, arcface, "
-                f"combined), not {type(margin).__name__}; set partial_fc=null for this head"
+                f"combined, adaface, magface, subcenter_arcface), not {type(margin).__name__}; "
+                "set partial_fc=null for this head"
             )
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"partial_fc sample rate {sample_rate} must be in (0, 1]")
+        if sub_centers < 1:
+            raise ValueError(f"sub_centers={sub_centers}: need at least 1 centre per class")
         self.margin, self.sample_rate, self.num_classes = margin, sample_rate, num_classes
         self.world = D.world_size()
         self.start, stop = shard_range(num_classes, D.rank(), self.world)
-        self.weight = nn.Parameter(torch.empty(stop - self.start, embedding_dim))
+        per_class = (embedding_dim,) if sub_centers == 1 else (sub_centers, embedding_dim)
+        self.weight = nn.Parameter(torch.empty(stop - self.start, *per_class))
         nn.init.normal_(self.weight, std=0.01)
         if self.world > 1:
             self.weight.register_hook(lambda g: g / self.world)
@@ -113,16 +126,22 @@ class PartialFC(nn.Module):
         local[mine] = torch.searchsorted(index, local[mine])
         return index, local
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(D.all_gather_with_grad(embeddings.float()), dim=1)
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-sample losses (B,) of this rank's raw ``embeddings`` (B, D). ``norms`` is
+        accepted like every loss's and not needed: the norms of all ranks' rows are taken here."""
+        raw = D.all_gather_with_grad(embeddings.float())
         index, local = self.sample(D.all_gather(labels))
         w = self.weight if index is None else self.weight[index]
-        cos = F.linear(x, F.normalize(w, dim=1))
+        cos = class_cosines(F.normalize(raw, dim=1), w)
         with torch.no_grad():
             self.accuracy = self._accuracy(cos, local)
-        logits = self.margin.logits(cos, local)
+        logits = self.margin.logits(cos, local, raw.norm(dim=1))
         n = len(embeddings)
-        return _ShardedCrossEntropy.apply(logits, local, D.rank() * n, n)
+        loss = _ShardedCrossEntropy.apply(logits, local, D.rank() * n, n)
+        extra = self.margin.penalty(embeddings.float().norm(dim=1))
+        return loss if extra is None else loss + extra
 
     @staticmethod
     def _accuracy(cos: torch.Tensor, local: torch.Tensor) -> float:
@@ -142,10 +161,11 @@ class PartialFC(nn.Module):
             missing_keys.append(key)
             return
         full = state_dict[key]
-        if full.shape != (self.num_classes, self.weight.shape[1]):
+        want = (self.num_classes, *self.weight.shape[1:])
+        if tuple(full.shape) != want:
             errors.append(
                 f"{key}: checkpoint has {tuple(full.shape)} class centres, this run needs "
-                f"{(self.num_classes, self.weight.shape[1])} (same training data and embedding_dim)"
+                f"{want} (same training data, embedding_dim and sub_centers)"
             )
             return
         with torch.no_grad():
@@ -178,4 +198,4 @@ class PartialFC(nn.Module):
 
 
 def _per_centre(v, n: int) -> bool:
-    return torch.is_tensor(v) and v.dim() == 2 and len(v) == n
+    return torch.is_tensor(v) and v.dim() >= 2 and len(v) == n

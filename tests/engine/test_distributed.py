@@ -86,3 +86,140 @@ def test_rows_of_unequal_shards_are_gathered_in_rank_order(tmp_path, n):
 
 def _rows(rank: int, world: int, n: int) -> torch.Tensor:
     return D.all_gather_rows(torch.full((n - rank,), float(rank)))
+
+
+# ------------------------------------------- sub-centres and norm-aware margins with Partial FC
+
+HB, HIN, HDIM, HC, HK = 5, 10, 8, 11, 3  # 11 identities: shards of 6 and 5
+
+
+def _heads_problem():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2 * HB, HIN, generator=g) * torch.linspace(0.3, 3.0, 2 * HB)[:, None]
+    labels = torch.randint(0, HC, (2 * HB,), generator=g)
+    labels[:3] = torch.tensor([0, 10, 6])  # both shards' edges
+    backbone = torch.randn(HDIM, HIN, generator=g)
+    centres = torch.randn(HC, HK, HDIM, generator=g)
+    return x, labels, backbone, centres
+
+
+def _heads_setup(name: str):
+    """(margin loss, sub-centres per identity) of each case."""
+    from face_rec.losses import AdaFaceLoss, ArcFaceLoss, MagFaceLoss
+
+    return {
+        "subcenter_arcface": (ArcFaceLoss(s=16.0, m=0.5), HK),
+        "adaface": (AdaFaceLoss(s=16.0, t_alpha=0.5), 1),
+        "magface": (MagFaceLoss(s=16.0, l_a=5.0, u_a=20.0, lambda_g=20.0), 1),
+    }[name]
+
+
+def _heads_centres(name: str) -> torch.Tensor:
+    centres = _heads_problem()[3]
+    return centres if _heads_setup(name)[1] > 1 else centres[:, 0]
+
+
+def _heads_reference(name: str) -> dict:
+    """One process, the whole batch of 2B: the head, the loss, their gradients."""
+    from face_rec.models.heads import CosineHead, SubCenterHead
+
+    x, labels, backbone, _ = _heads_problem()
+    loss_fn, k = _heads_setup(name)
+    model = torch.nn.Linear(HIN, HDIM, bias=False)
+    head = SubCenterHead(HDIM, HC, k) if k > 1 else CosineHead(HDIM, HC)
+    with torch.no_grad():
+        model.weight.copy_(backbone)
+        head.weight.copy_(_heads_centres(name))
+    emb = model(x)
+    per_sample = loss_fn(head(emb), labels, emb.norm(dim=1))
+    per_sample.mean().backward()
+    return {
+        "loss": per_sample.detach(),
+        "backbone_grad": model.weight.grad,
+        "centre_grad": head.weight.grad,
+        "buffers": loss_fn.state_dict(),
+        "norms": emb.detach().norm(dim=1),
+    }
+
+
+def _heads_rank_step(rank: int, world: int, name: str) -> dict:
+    """Rank r: rows [rB, (r+1)B), the backbone under DDP, the centres sharded by identity."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from face_rec.models.partial_fc import PartialFC
+
+    x, labels, backbone, _ = _heads_problem()
+    loss_fn, k = _heads_setup(name)
+    model = torch.nn.Linear(HIN, HDIM, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(backbone)
+    pfc = PartialFC(HDIM, HC, loss_fn, sample_rate=1.0, sub_centers=k)
+    state = pfc.state_dict()  # collective: every rank
+    state["weight"] = _heads_centres(name)
+    pfc.load_state_dict(state)
+    rows = slice(rank * HB, (rank + 1) * HB)
+    ddp = DDP(model)  # kept alive until backward: its hooks average the gradients
+    emb = ddp(x[rows])
+    per_sample = pfc(emb, labels[rows], emb.norm(dim=1))
+    per_sample.mean().backward()
+    return {
+        "loss": per_sample.detach(),
+        "backbone_grad": model.weight.grad,
+        "centre_grad": pfc.weight.grad,
+        "shard": tuple(pfc.weight.shape),
+        "state": pfc.state_dict(),
+    }
+
+
+@pytest.mark.parametrize("name", ["subcenter_arcface", "adaface", "magface"])
+def test_partial_fc_on_two_ranks_equals_the_head_of_one_process(tmp_path, name):
+    """Sub-center ArcFace sharded by identity (each rank (C/W, K, D)), AdaFace's batch statistics
+    and MagFace's norm-dependent margin and regulariser: losses and gradients as one process."""
+    ref = _heads_reference(name)
+    ranks = run_ranks(_heads_rank_step, 2, tmp_path, name)
+    torch.testing.assert_close(torch.cat([r["loss"] for r in ranks]), ref["loss"])
+    for r in ranks:
+        torch.testing.assert_close(r["backbone_grad"], ref["backbone_grad"])
+    torch.testing.assert_close(torch.cat([r["centre_grad"] for r in ranks]), ref["centre_grad"])
+    k = _heads_setup(name)[1]
+    per_class = (k, HDIM) if k > 1 else (HDIM,)  # an identity's K sub-centres on one rank
+    assert [r["shard"] for r in ranks] == [(6, *per_class), (5, *per_class)]
+    for r in ranks:  # the full matrix and the loss's statistics, the same on every rank
+        torch.testing.assert_close(r["state"]["weight"], _heads_centres(name))
+        for key, value in ref["buffers"].items():
+            torch.testing.assert_close(r["state"]["margin." + key], value)
+    if name == "magface":  # the norms span the clamp [l_a, u_a] on both sides
+        assert ref["norms"].min() < 5.0 < 20.0 < ref["norms"].max()
+
+
+def _adaface_replicated_step(rank: int, world: int) -> dict:
+    """AdaFace without Partial FC: backbone and head under DDP, each rank its own rows."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from face_rec.models.heads import CosineHead
+
+    x, labels, backbone, _ = _heads_problem()
+    loss_fn = _heads_setup("adaface")[0]
+    model, head = torch.nn.Linear(HIN, HDIM, bias=False), CosineHead(HDIM, HC)
+    with torch.no_grad():
+        model.weight.copy_(backbone)
+        head.weight.copy_(_heads_centres("adaface"))
+    rows = slice(rank * HB, (rank + 1) * HB)
+    ddp_model, ddp_head = DDP(model), DDP(head)  # alive until backward
+    emb = ddp_model(x[rows])
+    per_sample = loss_fn(ddp_head(emb), labels[rows], emb.norm(dim=1))
+    per_sample.mean().backward()
+    return {"loss": per_sample.detach(), "centre_grad": head.weight.grad,
+            "buffers": loss_fn.state_dict()}  # fmt: skip
+
+
+def test_adaface_statistics_cover_the_global_batch_under_ddp(tmp_path):
+    """Each rank's statistics are those of all 2B rows (not its own B): the same on every rank,
+    so a checkpoint (rank 0's) resumes every rank exactly, and the losses are one process's."""
+    ref = _heads_reference("adaface")
+    ranks = run_ranks(_adaface_replicated_step, 2, tmp_path)
+    torch.testing.assert_close(torch.cat([r["loss"] for r in ranks]), ref["loss"])
+    for r in ranks:
+        torch.testing.assert_close(r["centre_grad"], ref["centre_grad"])
+        for key, value in ref["buffers"].items():
+            torch.testing.assert_close(r["buffers"][key], value)
