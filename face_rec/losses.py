@@ -289,7 +289,9 @@ class AdaFaceLoss(MarginSoftmax):
         self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor | None = None
     ) -> torch.Tensor:
         norms = _require_norms(norms, self)
-        every = D.all_gather(norms.detach().float().contiguous())  # all ranks' rows (DDP)
+        every = None  # the statistics move in training only, over all ranks' rows (DDP)
+        if self.training:
+            every = D.all_gather(norms.detach().float().contiguous())
         logits = self.logits(cos, labels, norms, every)
         return F.cross_entropy(logits, labels, reduction="none")
 

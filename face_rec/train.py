@@ -36,6 +36,7 @@ from face_rec.models.backbones.resnet import freeze_stages
 from face_rec.models.partial_fc import PartialFC
 from face_rec.utils.checkpoint import load_checkpoint
 from face_rec.utils.io import write_json
+from face_rec.utils.machine import machine_info
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +263,21 @@ def model_selection(cfg: DictConfig, validation: H.Validation, pv: PairValidatio
     }
 
 
+def warn_fixed_magnitude(model: torch.nn.Module, loss_fn: torch.nn.Module) -> None:
+    """MagFace learns the embedding's magnitude: a backbone whose last BatchNorm has a fixed (or
+    no) scale pins each batch's mean squared norm to the dimension, which MagFace cannot move."""
+    from face_rec.losses import MagFaceLoss
+
+    last_bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)][-1:]
+    pinned = last_bn and (last_bn[0].weight is None or not last_bn[0].weight.requires_grad)
+    if isinstance(loss_fn, MagFaceLoss) and pinned:
+        log.warning(
+            "head=magface with a backbone whose embedding BatchNorm scale is fixed or absent: "
+            "the magnitude cannot grow as MagFace needs (its official iResNet learns it); use "
+            "+model.feature_scale=learned (iresnet*) or a backbone with a learned scale"
+        )
+
+
 def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation | None, RunStats]:
     """The trainer and its hooks; under torchrun, this rank's (hooks that write: rank 0 only)."""
     seed_everything(cfg.seed)
@@ -276,6 +292,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation
     if world > 1:
         seed_everything(cfg.seed + rank)  # per-rank streams: dropout, centre shards, sampling
     head, loss_fn = None, instantiate(cfg.head.loss)
+    warn_fixed_magnitude(model, loss_fn)
     if cfg.partial_fc:  # the centres sharded by identity, each with the head's sub-centres
         k = (cfg.head.module or {}).get("sub_centers", 1)
         loss_fn = PartialFC(
@@ -377,7 +394,8 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
             "images": len(trainer.dataset),
             "identities": trainer.dataset.num_classes,
             "final_loss": trainer.metrics.get("loss"),
-        }
+        },
+        "machine": machine_info(trainer.device),  # what wall_time_s and images_per_s ran on
     }
     if info.world_size > 1:  # a replica that drifted would show here
         digests = D.all_gather_objects(_weights_digest(trainer.model))

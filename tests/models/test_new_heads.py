@@ -217,6 +217,40 @@ def test_magface_gradient_reaches_the_norm_through_margin_and_regulariser():
     assert norms.grad[0] != 0 and norms.grad[1] == 0
 
 
+def test_magface_margin_alone_depends_on_the_norm():
+    """With the regulariser off, only the margin can carry |x|: a detached magnitude fails."""
+    loss = MagFaceLoss(lambda_g=0.0)
+    norms = torch.tensor([50.0], requires_grad=True)
+    loss(torch.tensor([[0.6, 0.1]]), torch.tensor([0]), norms).sum().backward()
+    assert norms.grad[0] != 0
+
+
+class _SpyLoss(ArcFaceLoss):
+    """Records the norms the trainer hands the loss."""
+
+    seen: list = []
+
+    def forward(self, cos, labels, norms=None):
+        _SpyLoss.seen.append(norms)
+        return super().forward(cos, labels, norms)
+
+
+def test_trainer_hands_the_loss_the_raw_embeddings_norms_with_their_gradient(tmp_path):
+    pack = tmp_path / "pack"
+    run_alignment(_tree(tmp_path / "in", n_ids=4, per_id=3), pack, FakeDetector, workers=0)
+    cfg = _cfg(pack, tmp_path, "head=arcface", "trainer.max_steps=1")
+    trainer, _, _ = build_trainer(cfg, tmp_path / "run")
+    trainer.loss_fn = _SpyLoss()
+    captured = {}
+    trainer.forward_model = lambda x, f=trainer.forward_model: captured.setdefault("e", f(x))
+    _SpyLoss.seen.clear()
+    trainer.train()
+    norms = _SpyLoss.seen[0]
+    assert norms.requires_grad  # MagFace's margin and regulariser need d|x|/dx
+    torch.testing.assert_close(norms, captured["e"].float().norm(dim=1))
+    assert not torch.allclose(norms, torch.ones_like(norms))  # not the normalised embeddings
+
+
 def test_margin_losses_that_need_norms_say_so():
     cos, labels = torch.zeros(2, 3), torch.tensor([0, 1])
     for loss in (AdaFaceLoss(), MagFaceLoss()):
@@ -414,3 +448,13 @@ def test_each_new_head_trains_from_the_command_line_in_one_sweep(tiny, tmp_path)
     assert states["adaface"]["trainer"]["step"] == 2
     assert float(states["adaface"]["loss"]["batch_mean"]) != 20.0  # updated, and saved
     assert states["subcenter_arcface"]["head"]["weight"].shape == (6, 3, 16)
+
+
+@pytest.mark.parametrize("extra, warns", [([], True), (["+model.feature_scale=learned"], False)])
+def test_magface_warns_when_the_backbone_pins_the_magnitude(tmp_path, caplog, extra, warns):
+    pack = tmp_path / "pack"
+    run_alignment(_tree(tmp_path / "in", n_ids=4, per_id=3), pack, FakeDetector, workers=0)
+    cfg = _cfg(pack, tmp_path, "head=magface", "model=iresnet18", "model.input_size=32", *extra)
+    with caplog.at_level("WARNING"):
+        build_trainer(cfg, tmp_path / "run")
+    assert ("feature_scale=learned" in caplog.text) == warns
