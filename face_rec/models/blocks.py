@@ -1,11 +1,15 @@
-"""Blocks shared by the backbones: residual units, the residual trunk and the embedding neck."""
+"""Blocks shared by the backbones: residual units, the residual trunk, the embedding neck and
+activation checkpointing (:func:`run_blocks`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
 
 
 def conv_bn(
@@ -154,3 +158,79 @@ def check_input_size(input_size: int, stride: int) -> int:
             f"input_size {input_size} must be a multiple of {stride} for this backbone"
         )
     return input_size // stride
+
+
+# ------------------------------------------------------------------ activation checkpointing
+
+
+def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, checkpointing: bool) -> torch.Tensor:
+    """``x`` through ``blocks`` in order; the backbones' one way to apply activation
+    checkpointing (``model.checkpointing=true``).
+
+    With ``checkpointing``, a block in training mode, while autograd records, keeps only its
+    input for backward: its inner activations are recomputed during backward
+    (``torch.utils.checkpoint``, ``use_reentrant=False``), trading about one extra forward pass
+    for the memory of the activations. The recomputation replays the RNG state of the first
+    pass (dropout, drop path and token masks are the same) and leaves BatchNorm running
+    statistics as the first pass left them (:func:`_frozen_running_stats`), so parameter gradients,
+    running statistics and the RNG stream equal those without checkpointing. Blocks in eval
+    mode (inference, stages frozen for fine-tuning) and no-grad passes run plainly.
+
+    Shapes: whatever the blocks map; (B, ...) -> (B, ...).
+    """
+    for block in blocks:
+        if checkpointing and block.training and torch.is_grad_enabled():
+            x = checkpoint(
+                block,
+                x,
+                use_reentrant=False,
+                context_fn=lambda b=block: (nullcontext(), _frozen_running_stats(b)),
+            )
+        else:
+            x = block(x)
+    return x
+
+
+def segments(layers: nn.Sequential) -> list[nn.Module]:
+    """``layers`` grouped into checkpointing units: each composite layer (a residual block, a
+    Sequential) stands alone; each run of consecutive leaf layers (conv, BN, activation) becomes
+    one Sequential. Checkpointing a lone conv or BN would keep its input and save nothing.
+
+    The groups share ``layers``' modules (no copies, state_dict keys unchanged).
+    """
+    out: list[nn.Module] = []
+    run: list[nn.Module] = []
+    for layer in [*layers, None]:
+        if layer is not None and next(layer.children(), None) is None:
+            run.append(layer)
+            continue
+        if run:
+            group = nn.Sequential(*run)
+            group.training = any(m.training for m in run)  # a new Sequential says True
+            out.append(group)
+            run = []
+        if layer is not None:
+            out.append(layer)
+    return out
+
+
+@contextmanager
+def _frozen_running_stats(module: nn.Module) -> Iterator[None]:
+    """BatchNorm buffers (running statistics, batch counter) of ``module`` as they were before
+    the block ran again: the recomputation of a checkpointed block must not count the batch
+    twice. (It still runs with the statistics tracked, so that it saves the same tensors for
+    backward as the first pass, which checkpointing checks.)"""
+    buffers = [
+        b
+        for m in module.modules()
+        if isinstance(m, _BatchNorm) and m.track_running_stats
+        for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if b is not None
+    ]
+    saved = [b.clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, s in zip(buffers, saved, strict=True):
+                b.copy_(s)

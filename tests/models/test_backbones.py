@@ -22,8 +22,11 @@ ALL = [
 ]
 
 
+VITS = ["vit_b", "vit_s", "vit_t"]  # tested in test_vit.py (sizes, tokens, masking)
+
+
 def test_registry_lists_every_backbone():
-    assert list_models() == sorted(ALL)
+    assert list_models() == sorted(ALL + VITS)
 
 
 @pytest.mark.parametrize("name", ALL)

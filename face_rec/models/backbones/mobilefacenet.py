@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from face_rec.models.blocks import Residual, check_input_size, conv_bn, init_weights
+from face_rec.models.blocks import (
+    Residual,
+    check_input_size,
+    conv_bn,
+    init_weights,
+    run_blocks,
+    segments,
+)
 from face_rec.models.registry import register_model
 
 # (expansion t, output channels c, repeats n, first stride s), as in the paper's Table 1
@@ -27,7 +34,12 @@ def inverted_residual(cin: int, cout: int, stride: int, expansion: int) -> nn.Mo
 
 
 class MobileFaceNet(nn.Module):
-    """(B, 3, S, S) in [-1, 1] -> (B, embedding_dim); global depthwise conv (GDC) embedding."""
+    """(B, 3, S, S) in [-1, 1] -> (B, embedding_dim); global depthwise conv (GDC) embedding.
+
+    ``checkpointing``: in training, recompute the activations of each inverted residual block
+    (and of each run of plain conv-BN-PReLU layers) during backward instead of keeping them
+    (:func:`run_blocks`).
+    """
 
     def __init__(
         self,
@@ -35,9 +47,11 @@ class MobileFaceNet(nn.Module):
         input_size: int = 112,
         dropout: float = 0.0,
         width: float = 1.0,
+        checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.input_size = input_size
+        self.checkpointing = checkpointing
 
         def ch(c: int) -> int:
             return max(8, int(round(c * width)))
@@ -69,6 +83,8 @@ class MobileFaceNet(nn.Module):
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpointing:
+            return self.neck(run_blocks(segments(self.body), x, True))
         return self.neck(self.body(x))
 
 

@@ -26,6 +26,7 @@ from face_rec.models.blocks import (
     init_weights,
     ir,
     residual_stages,
+    run_blocks,
 )
 from face_rec.models.registry import register_model
 
@@ -42,6 +43,8 @@ class ResNetFace(nn.Module):
         stem_act: PReLU (IResNet, IR) or ReLU (classic).
         feature_scale: the embedding BN's affine part (:class:`EmbeddingNeck`).
         init: ``kaiming`` or ``insightface`` (:func:`init_weights`).
+        checkpointing: in training, recompute the stem's and each residual block's activations
+            during backward instead of keeping them (:func:`run_blocks`).
     """
 
     def __init__(
@@ -56,9 +59,11 @@ class ResNetFace(nn.Module):
         stem_act: str = "prelu",
         feature_scale: str = "learned",
         init: str = "kaiming",
+        checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.input_size = input_size
+        self.checkpointing = checkpointing
         widths = tuple(max(8, int(round(w * width))) for w in widths)
         stem = max(8, int(round(64 * width)))
         act = nn.PReLU(stem) if stem_act == "prelu" else nn.ReLU(inplace=True)
@@ -69,7 +74,7 @@ class ResNetFace(nn.Module):
         init_weights(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.neck(self.body(self.stem(x)))
+        return self.neck(run_blocks([self.stem, *self.body], x, self.checkpointing))
 
 
 def block_stages(model: ResNetFace) -> list[tuple[int, int]]:
