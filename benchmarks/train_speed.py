@@ -1,6 +1,8 @@
 """Training throughput: face_rec's trainer vs a plain reference loop, and GFLOP/s vs a matmul.
 
     python benchmarks/train_speed.py --models mobilefacenet iresnet18 iresnet50 resnet50
+    python benchmarks/train_speed.py --compile --out logs/benchmarks/train_speed.json
+    python benchmarks/train_speed.py --quick          # tiny sizes, seconds (the smoke test)
 
 For each backbone at batch ``--batch`` and ``--input-size`` with an ArcFace head over
 ``--classes`` identities and SGD:
@@ -8,9 +10,15 @@ For each backbone at batch ``--batch`` and ``--input-size`` with an ArcFace head
   in memory as a float tensor;
 - face_rec: ``Trainer.run_step`` as configured by default (channels_last), fed from a uint8
   in-memory dataset through the DataLoader, with the default augmentation, so data wait counts.
-Images/s are medians over ``--steps`` timed steps after one warm-up step, in the same process.
-Achieved GFLOP/s = 3 x forward FLOPs x images/s (backward ~ 2 x forward), against a 2048^3 fp32
-matmul measured in the same run.
+- face_rec + compile (``--compile``): the same, with the backbone compiled in place
+  (``model.compile()``, ``--compile-backend``, default inductor); its compile time (first
+  step minus a median step) is reported apart from its images/s, and its ratios to the eager
+  face_rec run and to the reference.
+Images/s are medians over ``--steps`` timed steps after one warm-up step (two when compiled), in
+the same process. Achieved GFLOP/s = 3 x forward FLOPs x images/s (backward ~ 2 x forward),
+against a ``--matmul``^3 fp32 matmul (2048) measured in the same run. One JSON line per backbone,
+then a Markdown table; every record carries the machine (CPU capability, threads, torch), the
+date and the commit, and ``--out`` writes them all as one JSON file.
 """
 
 from __future__ import annotations
@@ -18,20 +26,26 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from face_rec.data.augment import Augment
-from face_rec.data.samplers import RandomBatches
-from face_rec.engine.schedule import make_scheduler
-from face_rec.engine.trainer import Trainer
-from face_rec.losses import ArcFaceLoss
-from face_rec.models.heads import CosineHead
-from face_rec.models.registry import create_model
-from face_rec.models.summary import forward_flops
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from face_rec.data.augment import Augment  # noqa: E402
+from face_rec.data.samplers import RandomBatches  # noqa: E402
+from face_rec.engine.schedule import make_scheduler  # noqa: E402
+from face_rec.engine.trainer import Trainer  # noqa: E402
+from face_rec.losses import ArcFaceLoss  # noqa: E402
+from face_rec.models.heads import CosineHead  # noqa: E402
+from face_rec.models.registry import create_model  # noqa: E402
+from face_rec.models.summary import forward_flops  # noqa: E402
+from face_rec.utils.io import write_json  # noqa: E402
+from face_rec.utils.machine import benchmark_header  # noqa: E402
 
 
 class Synthetic(Dataset):
@@ -57,9 +71,15 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def reference(name: str, args) -> float:
+def build(name: str, args) -> torch.nn.Module:
+    """The backbone at ``--input-size`` and ``--width``, seeded."""
     torch.manual_seed(0)
-    model = create_model(name, input_size=args.input_size)
+    kw = {} if args.width == 1.0 else {"width": args.width}
+    return create_model(name, input_size=args.input_size, **kw)
+
+
+def reference(name: str, args) -> float:
+    model = build(name, args)
     head = CosineHead(512, args.classes)
     loss_fn = ArcFaceLoss()
     opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=0.01, momentum=0.9)
@@ -76,13 +96,15 @@ def reference(name: str, args) -> float:
     return args.batch / statistics.median(times[1:])
 
 
-def ours(name: str, args) -> tuple[float, float]:
-    torch.manual_seed(0)
-    model = create_model(name, input_size=args.input_size)
+def ours(name: str, args, compiled: bool = False) -> dict:
+    """face_rec's Trainer on ``name``: median images/s, mean data-wait fraction, and (compiled)
+    the compile time, first step minus the median step."""
+    model = build(name, args)
     head = CosineHead(512, args.classes)
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    data = Synthetic(args.batch * (args.steps + 1), args.input_size, args.classes)
+    warmup = 2 if compiled else 1
+    data = Synthetic(args.batch * (args.steps + warmup), args.input_size, args.classes)
     trainer = Trainer(
         model,
         head,
@@ -92,52 +114,119 @@ def ours(name: str, args) -> tuple[float, float]:
         data,
         RandomBatches(data.labels, args.batch),
         Augment(shift=4, brightness=0.2, contrast=0.2, saturation=0.2),
-        args.steps + 1,
+        args.steps + warmup,
         channels_last=True,
         grad_clip=5.0,
     )
+    if compiled:
+        torch._dynamo.reset()  # each backbone compiles anew (no recompile limit reached)
+        model.compile(backend=args.compile_backend, dynamic=False)
     stream = trainer.micro_batches()
     ips, wait = [], []
-    for _ in range(args.steps + 1):
+    for _ in range(args.steps + warmup):
         trainer.run_step([next(stream)])
         ips.append(trainer.metrics["images_per_s"])
         wait.append(trainer.metrics["data_wait_fraction"])
-    return statistics.median(ips[1:]), float(np.mean(wait[1:]))
+    img_s = statistics.median(ips[warmup:])
+    out = {"img_s": img_s, "wait": float(np.mean(wait[warmup:]))}
+    if compiled:
+        out["compile_s"] = args.batch / ips[0] - args.batch / img_s
+    return out
 
 
-def main() -> None:
+def measure(name: str, args, mm: float) -> dict:
+    """One backbone's record: reference, face_rec eager and (``--compile``) compiled."""
+    flops = forward_flops(build(name, args), args.input_size)
+    ref = reference(name, args)
+    mine = ours(name, args)
+    gflops = 3 * flops * mine["img_s"] / 1e9
+    rec = {
+        "model": name,
+        "batch": args.batch,
+        "input_size": args.input_size,
+        "width": args.width,
+        "threads": torch.get_num_threads(),
+        "reference_img_s": round(ref, 2),
+        "face_rec_img_s": round(mine["img_s"], 2),
+        "ratio": round(mine["img_s"] / ref, 2),
+        "data_wait_fraction": round(mine["wait"], 4),
+        "face_rec_gflops": round(gflops, 1),
+        "matmul_gflops": round(mm, 1),
+        "fraction_of_matmul": round(gflops / mm, 3),
+    }
+    if args.compile:
+        comp = ours(name, args, compiled=True)
+        rec.update(
+            compile_backend=args.compile_backend,
+            compiled_img_s=round(comp["img_s"], 2),
+            compile_s=round(comp["compile_s"], 1),
+            compiled_vs_eager=round(comp["img_s"] / mine["img_s"], 2),
+            compiled_vs_reference=round(comp["img_s"] / ref, 2),
+            compiled_fraction_of_matmul=round(3 * flops * comp["img_s"] / 1e9 / mm, 3),
+        )
+    return rec
+
+
+def markdown(rows: list[dict]) -> str:
+    """The records as a Markdown table (compiled columns when measured)."""
+    compiled = any("compiled_img_s" in r for r in rows)
+    head = "| backbone | reference img/s | face_rec img/s | ratio | data wait | of matmul |"
+    rule = "| --- | ---: | ---: | ---: | ---: | ---: |"
+    if compiled:
+        head += " compiled img/s | vs eager | vs reference | compile s |"
+        rule += " ---: | ---: | ---: | ---: |"
+    lines = [head, rule]
+    for r in rows:
+        line = (
+            f"| {r['model']} | {r['reference_img_s']:.2f} | {r['face_rec_img_s']:.2f} | "
+            f"{r['ratio']:.2f}x | {100 * r['data_wait_fraction']:.2f}% | "
+            f"{100 * r['fraction_of_matmul']:.0f}% |"
+        )
+        if "compiled_img_s" in r:
+            line += (
+                f" {r['compiled_img_s']:.2f} | {r['compiled_vs_eager']:.2f}x | "
+                f"{r['compiled_vs_reference']:.2f}x | {r['compile_s']:.1f} |"
+            )
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
         "--models", nargs="+", default=["mobilefacenet", "iresnet18", "iresnet50", "resnet50"]
     )
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--input-size", type=int, default=112)
+    p.add_argument("--width", type=float, default=1.0, help="backbone width multiplier")
     p.add_argument("--classes", type=int, default=4000)
     p.add_argument("--steps", type=int, default=3)
-    args = p.parse_args()
-    mm = matmul_gflops()
+    p.add_argument("--matmul", type=int, default=2048, help="side of the reference matmul")
+    p.add_argument("--compile", action="store_true", help="also time the compiled backbone")
+    p.add_argument("--compile-backend", default="inductor", help="inductor | aot_eager | eager")
+    p.add_argument("--out", type=Path, help="also write every record as one JSON file")
+    p.add_argument("--quick", action="store_true", help="tiny sizes for the smoke test")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models, args.batch, args.input_size, args.width = ["mobilefacenet"], 4, 32, 0.25
+        args.classes, args.steps, args.matmul = 50, 1, 256
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    header = benchmark_header("cpu")
+    print(json.dumps(header), flush=True)
+    mm = matmul_gflops(args.matmul)
+    rows = []
     for name in args.models:
-        flops = forward_flops(create_model(name, input_size=args.input_size), args.input_size)
-        ref = reference(name, args)
-        mine, wait = ours(name, args)
-        print(
-            json.dumps(
-                {
-                    "model": name,
-                    "batch": args.batch,
-                    "input_size": args.input_size,
-                    "threads": torch.get_num_threads(),
-                    "reference_img_s": round(ref, 2),
-                    "face_rec_img_s": round(mine, 2),
-                    "ratio": round(mine / ref, 2),
-                    "data_wait_fraction": round(wait, 4),
-                    "face_rec_gflops": round(3 * flops * mine / 1e9, 1),
-                    "matmul_gflops": round(mm, 1),
-                    "fraction_of_matmul": round(3 * flops * mine / 1e9 / mm, 3),
-                }
-            ),
-            flush=True,
-        )
+        rows.append(measure(name, args, mm))
+        print(json.dumps(rows[-1]), flush=True)
+    print(markdown(rows))
+    record = {**header, "settings": {**vars(args), "out": str(args.out)}, "rows": rows}
+    if args.out:
+        write_json(args.out, record)
+    return record
 
 
 if __name__ == "__main__":
