@@ -51,4 +51,13 @@ def align_from_config(cfg: DictConfig) -> dict:
         f"aligned {summary['n_inputs']} files: {c['ok']} ok, {c['fallback']} fallback, "
         f"{c['failed']} failed; {run['images_per_s']} img/s this run -> {cfg.output_dir}"
     )
+    outside = summary.get("outside_fraction") or {}
+    if outside.get("n_known"):
+        print(
+            f"crop area outside the source images (border-filled, align.settings.border="
+            f"{summary['settings']['border']}): mean {outside['mean']:.1%}, median "
+            f"{outside['median']:.1%}, {outside['fraction_over_0.1']:.0%} of crops over 10%"
+        )
+    for warning in summary.get("warnings", []):
+        print(f"WARNING: {warning}")
     return summary

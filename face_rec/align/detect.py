@@ -18,12 +18,16 @@ class Face:
     """One detected face in source-image pixels: box (4,) x1 y1 x2 y2, prob, landmarks (5, 2).
 
     ``confident`` is False when no face in the image reached the detector's ``min_prob``.
+    ``retry`` is '' when the face was found on the image as given, else the retry that found it
+    (an upscaled and/or padded copy, :mod:`face_rec.align.retry`); the coordinates are always
+    the source image's.
     """
 
     box: np.ndarray
     prob: float
     landmarks: np.ndarray
     confident: bool = True
+    retry: str = ""
 
 
 def choose_face(

@@ -9,6 +9,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,30 +27,39 @@ import numpy as np
 from tqdm import tqdm
 
 from face_rec.align.detect import Face, FaceDetector
+from face_rec.align.retry import better, map_back, needs_retry, plan_retries, retry_image
 from face_rec.align.sheets import write_contact_sheets
 from face_rec.align.warp import (
     DegenerateLandmarksError,
-    align_face,
+    alignment_matrix,
     box_reduce,
-    center_crop,
+    center_crop_matrix,
+    check_border,
+    outside_fraction,
+    warp_similarity,
 )
 from face_rec.data.images import ImageReadError, is_image_file, load_rgb
 from face_rec.data.pack import (
     MANIFEST_COLUMNS,
     SUMMARY_NAME,
     open_images,
+    outside_fractions,
+    outside_stats,
     read_manifest,
     read_summary,
+    tight_crop_warning,
     write_images,
     write_manifest,
 )
 from face_rec.utils.io import atomic_path, keyed_dir, write_json
+from face_rec.utils.machine import machine_info
 
 log = logging.getLogger(__name__)
 
 PARTS_DIR = ".parts"
 #: bump when a code change alters the crops: packs made by other code are then rebuilt
-ALIGN_VERSION = 3
+#: (4: outside_fraction and detect_retry columns; undetected images retried upscaled / padded)
+ALIGN_VERSION = 4
 THUMB = 112  # side of the source thumbnails kept for the fallback contact sheet
 CHUNK_SIZE = 128  #: default files per chunk (a resumable part; detected together by size)
 
@@ -62,6 +72,24 @@ class AlignSettings:
     fallback_face_fraction: float = 0.5  #: fallback crop side / shorter image side
     batch_size: int = 16  #: images of one size detected together
     max_detect_side: int = 1024  #: larger images are box-reduced for detection only
+    #: what the warp reads beyond the source image: constant (black), replicate, reflect
+    border: str = "constant"
+    #: an image without a confident face is detected again upscaled (integer factor) until its
+    #: shorter side reaches this x the detector's min_face_size; 0: never upscale
+    retry_upscale: float = 2.0
+    #: ... and then padded by this fraction of its height / width per side; 0: no padded retry
+    retry_pad: float = 0.25
+    #: how that padding is filled (detection only; the crop is warped with ``border``)
+    retry_border: str = "replicate"
+
+    def __post_init__(self) -> None:
+        check_border(self.border)
+        check_border(self.retry_border)
+        if self.retry_upscale < 0 or self.retry_pad < 0:
+            raise ValueError(
+                f"retry_upscale={self.retry_upscale} and retry_pad={self.retry_pad} must be >= 0 "
+                "(0 turns that retry off)"
+            )
 
 
 @dataclass(frozen=True, order=True)
@@ -138,6 +166,8 @@ def align_chunk(
             "width": "",
             "height": "",
             "reason": "",
+            "outside_fraction": "",
+            "detect_retry": "",
         }
         try:
             img = load_rgb(root / f.source)
@@ -152,14 +182,17 @@ def align_chunk(
     for img, face, row in zip(images, faces, rows, strict=True):
         if img is None:
             continue
-        crop, reason = crop_face(img, face, settings)
+        crop = make_crop(img, face, settings)
+        reason = crop.reason
         if isinstance(face, Face):
             row["det_prob"] = f"{face.prob:.6f}"
             row["landmarks"] = " ".join(f"{v:.3f}" for v in face.landmarks.reshape(-1))
             row["box"] = " ".join(f"{v:.2f}" for v in face.box)
+            row["detect_retry"] = face.retry
         row["status"] = "fallback" if reason else "ok"
         row["reason"] = reason
-        crops.append(crop)
+        row["outside_fraction"] = f"{crop.outside_fraction:.6f}"
+        crops.append(crop.image)
         if reason:
             thumbs.append(_thumbnail(img))
     size = settings.size
@@ -173,24 +206,70 @@ def align_chunk(
 def detect_all(
     images: list[np.ndarray | None], detector: FaceDetector, settings: AlignSettings
 ) -> list[Face | str | None]:
-    """One entry per image: a Face, None (no face), or an error message. Batches similar sizes."""
-    out: list[Face | str | None] = [None] * len(images)
+    """One entry per image: a Face, None (no face), or an error message. Batches similar sizes.
+
+    An image without a confident face is detected again on upscaled and/or padded copies
+    (:mod:`face_rec.align.retry`, ``settings.retry_upscale`` / ``retry_pad``); a face found
+    there is mapped back to the image's pixels and says which copy found it (``Face.retry``).
+    Only a detector that declares its ``min_face_size`` (:class:`FaceDetector` does) is retried:
+    the retries answer that limit.
+    """
     small: dict[int, tuple[np.ndarray, int]] = {}
-    groups: dict[tuple[int, ...], list[int]] = {}
     for i, img in enumerate(images):
         if img is None:
             continue
         k = int(np.ceil(max(img.shape[:2]) / settings.max_detect_side))
         det = img if k <= 1 else np.rint(box_reduce(img, k)).astype(np.uint8)
         small[i] = (det, max(k, 1))
-        groups.setdefault(_bucket(det.shape), []).append(i)
+    found = _detect_grouped(detector, {i: det for i, (det, _) in small.items()}, settings)
+    if getattr(detector, "min_face_size", None) is not None:
+        _retry(found, {i: det for i, (det, _) in small.items()}, detector, settings)
+    out: list[Face | str | None] = [None] * len(images)
+    for i, face in found.items():
+        out[i] = _rescale(face, small[i][1])
+    return out
+
+
+def _retry(
+    found: dict[int, Face | str | None],
+    images: dict[int, np.ndarray],
+    detector: FaceDetector,
+    settings: AlignSettings,
+) -> None:
+    """Detect the ``images`` without a confident face in ``found`` again, stage by stage on the
+    copies :func:`~face_rec.align.retry.plan_retries` lists; update ``found`` in place."""
+    plans = {
+        i: plan_retries(
+            img.shape[:2],
+            detector.min_face_size,
+            settings.retry_upscale,
+            settings.retry_pad,
+            settings.max_detect_side,
+        )
+        for i, img in images.items()
+    }
+    for stage in range(max((len(p) for p in plans.values()), default=0)):
+        todo = {i: p[stage] for i, p in plans.items() if len(p) > stage and needs_retry(found[i])}
+        copies = {i: retry_image(images[i], r, settings.retry_border) for i, r in todo.items()}
+        for i, face in _detect_grouped(detector, copies, settings).items():
+            face = map_back(face, todo[i])
+            if better(face, found[i]):
+                found[i] = face
+
+
+def _detect_grouped(
+    detector: FaceDetector, images: dict[int, np.ndarray], settings: AlignSettings
+) -> dict[int, Face | str | None]:
+    """Detect ``images`` (index -> (H, W, 3) uint8) in batches of similar sizes."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, img in images.items():
+        groups.setdefault(_bucket(img.shape), []).append(i)
+    out: dict[int, Face | str | None] = {}
     for _, idx in sorted(groups.items()):
         for s in range(0, len(idx), settings.batch_size):
             batch = idx[s : s + settings.batch_size]
-            for i, face in zip(
-                batch, _detect_batch(detector, [small[i][0] for i in batch]), strict=True
-            ):
-                out[i] = _rescale(face, small[i][1])
+            faces = _detect_batch(detector, [images[i] for i in batch])
+            out.update(zip(batch, faces, strict=True))
     return out
 
 
@@ -216,23 +295,44 @@ def _rescale(face: Face | str | None, k: int) -> Face | str | None:
     if k == 1 or not isinstance(face, Face):
         return face
     off = (k - 1) / 2.0
-    return Face(face.box * k + off, face.prob, face.landmarks * k + off, face.confident)
+    return dataclasses.replace(face, box=face.box * k + off, landmarks=face.landmarks * k + off)
+
+
+@dataclass(frozen=True)
+class Crop:
+    """One crop of :func:`make_crop`."""
+
+    image: np.ndarray  #: (S, S, 3) uint8
+    reason: str  #: '' when aligned on the face, else why it is the fallback centre crop
+    outside_fraction: float  #: share of its pixels beyond the source image (border-filled)
+
+
+def make_crop(img: np.ndarray, face: Face | str | None, settings: AlignSettings) -> Crop:
+    """The aligned crop of (H, W, 3) ``img`` (or the fallback centre crop and why), warped with
+    ``settings.border``, and the fraction of it that lies outside ``img``."""
+    size = settings.size
+    if isinstance(face, Face) and not face.confident:
+        reason = f"low-confidence face only (p={face.prob:.3f})"
+    elif isinstance(face, Face):
+        try:
+            matrix = alignment_matrix(face.landmarks, size)
+            image = warp_similarity(img, matrix, size, settings.border)
+            return Crop(image, "", outside_fraction(img.shape[:2], matrix, size))
+        except DegenerateLandmarksError as e:
+            reason = f"degenerate landmarks: {e}"
+    else:
+        reason = face or "no face detected"
+    matrix = center_crop_matrix(img.shape[:2], settings.fallback_face_fraction, size)
+    image = warp_similarity(img, matrix, size, settings.border)
+    return Crop(image, reason, outside_fraction(img.shape[:2], matrix, size))
 
 
 def crop_face(
     img: np.ndarray, face: Face | str | None, settings: AlignSettings
 ) -> tuple[np.ndarray, str]:
-    """The aligned crop and '' , or the fallback centre crop and why."""
-    if isinstance(face, Face) and not face.confident:
-        reason = f"low-confidence face only (p={face.prob:.3f})"
-    elif isinstance(face, Face):
-        try:
-            return align_face(img, face.landmarks, settings.size), ""
-        except DegenerateLandmarksError as e:
-            reason = f"degenerate landmarks: {e}"
-    else:
-        reason = face or "no face detected"
-    return center_crop(img, settings.fallback_face_fraction, settings.size), reason
+    """The aligned crop and '' , or the fallback centre crop and why (:func:`make_crop`)."""
+    crop = make_crop(img, face, settings)
+    return crop.image, crop.reason
 
 
 def _thumbnail(img: np.ndarray) -> np.ndarray:
@@ -357,6 +457,7 @@ def run_alignment(
         detector=detector_settings or {},
         versions=_versions(),
         workers=_n_workers(workers),
+        machine=machine_info(),  # what this_run's time was measured on
         this_run={
             "images_processed": n_todo,
             "resumed_images": len(files) - n_todo,
@@ -463,6 +564,11 @@ def _assemble(
     write_contact_sheets(output_dir, open_images(output_dir), rows, thumbs, seed)
     counts = Counter(r["status"] for r in rows)
     reasons = Counter(r["reason"].split(":")[0] for r in rows if r["reason"])
+    retries = Counter(r["detect_retry"] for r in rows if r.get("detect_retry"))
+    outside = outside_stats(outside_fractions([r for r in rows if r["status"] != "failed"]))
+    warning = tight_crop_warning(outside, f"the pack {output_dir}")
+    if warning:
+        log.warning("%s", warning)
     return {
         "complete": True,
         "n_images": n_rows,
@@ -470,6 +576,9 @@ def _assemble(
         "counts": {s: counts.get(s, 0) for s in ("ok", "fallback", "failed")},
         "ok_fraction": round(counts.get("ok", 0) / max(len(rows), 1), 6),
         "reasons": dict(reasons.most_common()),
+        "detect_retries": dict(retries.most_common()),
+        "outside_fraction": outside,
+        "warnings": [warning] if warning else [],
         "columns": list(MANIFEST_COLUMNS),
     }
 

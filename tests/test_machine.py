@@ -1,0 +1,28 @@
+"""Every record of a time names the machine: pack summary.json, train and eval metrics.json."""
+
+from __future__ import annotations
+
+import torch
+
+from face_rec.align.run import run_alignment
+from face_rec.utils.machine import machine_info
+
+from .align.test_run import FakeDetector, _tree
+
+
+def _expected(m: dict) -> None:
+    assert m["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert m["torch"] == torch.__version__ and m["threads"] == torch.get_num_threads()
+    assert m["cpu_model"] and m["gpu"] is None  # no CUDA device asked for
+
+
+def test_machine_info_on_cpu():
+    _expected(machine_info())
+    _expected(machine_info("cpu"))
+
+
+def test_pack_summary_records_the_machine(tmp_path):
+    summary = run_alignment(
+        _tree(tmp_path / "in", n_ids=2, per_id=2), tmp_path / "p", FakeDetector, workers=0
+    )
+    _expected(summary["machine"])
