@@ -116,6 +116,12 @@ class TopLevelConfig:
     output_dir: Path | None  # embed.yaml: null, a folder per command
     limit: int | None
     calibrate_far: float | None  # eval_lfw.yaml
+    target: Literal["IJBC", "IJBB"]  # eval_ijb.yaml
+    root: Path  # eval_ijb.yaml: the IJB folder (loose_crop/, meta/)
+    template: dict  # eval_ijb.yaml: a _target_ node (face_rec.eval.ijb.TemplateSwitches)
+    feature_cache: Path  # eval_ijb.yaml
+    identification: bool  # eval_ijb.yaml
+    save_scores: bool  # eval_ijb.yaml
     list: Path | None  # identify.yaml: the path,identity,role CSV
     ranks: list[int]  # identify.yaml: the rank-k accuracies reported
     max_rank: int  # identify.yaml: the CMC's last rank

@@ -39,7 +39,7 @@ def _problems(name: str, *overrides: str) -> str:
     return str(e.value)
 
 
-@pytest.mark.parametrize("name", ["train", "eval_lfw", "align"])
+@pytest.mark.parametrize("name", ["train", "eval_lfw", "align", "eval_ijb", "identify"])
 def test_default_configs_pass(name):
     check_config(_compose(name))
 

@@ -29,9 +29,11 @@ from face_rec.eval.verification import (
     align_pair_images,
     evaluate_pairs,
     leaked_identities,
+    scored_outside_fraction,
 )
 from face_rec.utils.checkpoint import model_from_checkpoint
 from face_rec.utils.io import write_json
+from face_rec.utils.machine import machine_info
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +182,7 @@ def evaluate_suite(cfg: DictConfig, out_dir: Path) -> dict:
         "checkpoint": cfg.checkpoint,
         "model": cfg.model.name if not cfg.checkpoint else None,
         "flip": cfg.eval.flip,
+        "machine": machine_info(device),
     }
     write_json(out_dir / "suite.json", summary)
     title = f"# Suite: {cfg.checkpoint or cfg.model.name}\n\n"
@@ -208,10 +211,11 @@ def evaluate_list(
     if pairs.n_folds < 2 and calib_path and Path(calib_path).is_file():
         c_pairs = load_pairs(calib_path, cfg.image_root)
         calibration = (c_pairs, prepare_pair_images(c_pairs, cfg))
+    images = prepare_pair_images(pairs, cfg)
     metrics = evaluate_pairs(
         model,
         pairs,
-        prepare_pair_images(pairs, cfg),
+        images,
         cfg.eval.batch_size,
         device,
         cfg.eval.flip,
@@ -219,6 +223,9 @@ def evaluate_list(
         cfg.eval.n_bootstrap,
         cfg.eval.seed,
     )
+    metrics["outside_fraction"] = scored_outside_fraction(pairs, images, metrics["scores"])
+    if metrics["outside_fraction"]["warning"]:
+        log.warning("%s", metrics["outside_fraction"]["warning"])
     metrics.update(
         pairs=str(pairs_path),
         pair_format=pairs.protocol,
@@ -227,6 +234,7 @@ def evaluate_list(
         model=cfg.model.name if not cfg.checkpoint else None,
         model_file=None if cfg.checkpoint else cfg.model.get("path") or cfg.model.get("weights"),
         flip=cfg.eval.flip,
+        machine=machine_info(device),
     )
     trained = None
     if cfg.trained_on:

@@ -12,7 +12,13 @@ import numpy as np
 from torch import nn
 
 from face_rec.align.run import CHUNK_SIZE, AlignSettings, current_pack, run_alignment
-from face_rec.data.pack import open_images, read_manifest
+from face_rec.data.pack import (
+    open_images,
+    outside_fractions,
+    outside_stats,
+    read_manifest,
+    tight_crop_warning,
+)
 from face_rec.data.pairs import Pairs
 from face_rec.eval import metrics as M
 from face_rec.eval.embed import embed_crops
@@ -24,11 +30,15 @@ FARS = {"1e-1": 1e-1, "1e-2": 1e-2, "1e-3": 1e-3}
 
 @dataclass
 class PairImages:
-    """Aligned crops for each of ``Pairs.images``; ``problems[k]`` is '' or why k is unusable."""
+    """Aligned crops for each of a list of images (``Pairs.images``, or any list given to
+    :func:`align_images`); ``problems[k]`` is '' or why k is unusable."""
 
     crops: np.ndarray  #: (M, H, W, 3) uint8; zeros where unusable
     problems: list[str]
     fallback: np.ndarray  #: (M,) bool, aligned by the no-face fallback crop
+    #: (M,) float64 share of each crop outside its source image (NaN: unknown); None: not known
+    #: at all (a ``.bin`` holds crops only)
+    outside_fraction: np.ndarray | None = None
 
 
 def align_pair_images(
@@ -52,39 +62,68 @@ def align_pair_images(
     if pairs.crops is not None:  # .bin: already aligned
         n = len(pairs.crops)
         return PairImages(pairs.crops, [""] * n, np.zeros(n, bool))
-    root = Path(pairs.root).resolve()
+    return align_images(
+        pairs.images,
+        pairs.root,
+        pairs.source,
+        cache_dir,
+        make_detector,
+        settings,
+        detector_settings,
+        workers,
+        reuse,
+        **options,
+    )
+
+
+def align_images(
+    sources: Sequence[str],
+    root: str | Path,
+    source: str,
+    cache_dir: str | Path,
+    make_detector: Callable,
+    settings: AlignSettings | None = None,
+    detector_settings: dict | None = None,
+    workers: int | None = None,
+    reuse: Sequence[str | Path] = (),
+    **options,
+) -> PairImages:
+    """Align the images ``sources`` (unique paths relative to ``root``) through the alignment
+    stage, cached on disk, in their order; ``source`` names the list they come from (messages,
+    the cache pack's name). Reuse and caching as :func:`align_pair_images`."""
+    root = Path(root).resolve()
     if not root.is_dir():
         raise FileNotFoundError(
-            f"image root {str(root)!r} of {pairs.source} does not exist; pass image_root=<folder "
-            "the pair paths are relative to> (or set FACE_REC_DATA)"
+            f"image root {str(root)!r} of {source} does not exist; pass image_root=<folder "
+            "the image paths are relative to> (or set FACE_REC_DATA)"
         )
     chunk_size = options.get("chunk_size", CHUNK_SIZE)
     pack, rows = None, {}
     for candidate in reuse:
         manifest = current_pack(root, candidate, settings, detector_settings, chunk_size) or []
         rows = {r["source"]: r for r in manifest}
-        if manifest and all(src in rows for src in pairs.images):
+        if manifest and all(src in rows for src in sources):
             pack = Path(candidate)
-            log.info("pair images of %s read from the pack %s", pairs.source, pack)
+            log.info("images of %s read from the pack %s", source, pack)
             break
     if pack is None:
-        digest = hashlib.sha256("\n".join([str(root), *sorted(pairs.images)]).encode()).hexdigest()
-        pack = Path(cache_dir) / f"{Path(pairs.source).stem}-{digest[:12]}"
+        digest = hashlib.sha256("\n".join([str(root), *sorted(sources)]).encode()).hexdigest()
+        pack = Path(cache_dir) / f"{Path(source).stem}-{digest[:12]}"
         run_alignment(
             root,
             pack,
             make_detector,
             settings,
             workers=workers,
-            sources=pairs.images,
+            sources=list(sources),
             detector_settings=detector_settings,
             **options,
         )
         rows = {r["source"]: r for r in read_manifest(pack / "manifest.csv")}
     images = open_images(pack)
-    crops = np.zeros((len(pairs.images), *images.shape[1:]), np.uint8)
-    problems, fallback = [], np.zeros(len(pairs.images), bool)
-    for k, src in enumerate(pairs.images):
+    crops = np.zeros((len(sources), *images.shape[1:]), np.uint8)
+    problems, fallback = [], np.zeros(len(sources), bool)
+    for k, src in enumerate(sources):
         row = rows[src]
         if row["status"] == "failed":
             problems.append(row["reason"])
@@ -92,7 +131,24 @@ def align_pair_images(
         crops[k] = images[row["image_index"]]
         fallback[k] = row["status"] == "fallback"
         problems.append("")
-    return PairImages(crops, problems, fallback)
+    outside = outside_fractions([rows[src] for src in sources])
+    return PairImages(crops, problems, fallback, outside)
+
+
+def scored_outside_fraction(pairs: Pairs, images: PairImages, scores: np.ndarray) -> dict:
+    """:func:`~face_rec.data.pack.outside_stats` over the unique images of the scored pairs
+    (``scores`` (N,), NaN = unscored), plus ``warning`` (a tight-crop warning or None)."""
+    scored = ~np.isnan(np.asarray(scores, dtype=np.float64))
+    used = np.unique(np.r_[pairs.left[scored], pairs.right[scored]])
+    if images.outside_fraction is None:
+        values = np.full(len(used), np.nan)
+    else:
+        values = images.outside_fraction[used]
+    stats = outside_stats(values)
+    stats["warning"] = tight_crop_warning(stats, f"the scored pairs of {pairs.source}")
+    if stats["n_known"] == 0:
+        stats["note"] = "unknown: the images were aligned elsewhere (.bin) or by an older pack"
+    return stats
 
 
 def score_pairs(

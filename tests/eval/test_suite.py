@@ -8,6 +8,7 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from face_rec.data.pairs import write_bin
@@ -124,6 +125,7 @@ def test_training_validates_every_set_and_selects_apart(pack, tmp_path):  # noqa
     out = tmp_path / "run"
     m = train_from_config(cfg, out)
     assert list(m["val_sets"]) == ["lfw", "cfp_fp", "extra"]
+    assert m["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert m["val"] == m["val_sets"]["lfw"]  # the first set is the run's headline
     for name, s in m["val_sets"].items():
         assert m[f"val/{name}/accuracy"] == s["accuracy_mean"] and s["n_pairs"] == 20
@@ -222,6 +224,8 @@ def test_eval_suite_standard_equals_each_list_alone(bins, tmp_path):
     res = evaluate_from_config(_eval_cfg(tmp_path, "suite=standard", f"paths.bins_dir={bins}"), out)
     assert list(res["sets"]) == ["lfw", "cfp_fp", "agedb_30"]
     summary = json.loads((out / "suite.json").read_text())
+    assert summary["machine"]["torch"] == torch.__version__
+    assert res["sets"]["lfw"]["machine"]["threads"] == torch.get_num_threads()
     assert summary["missing"] == ["calfw.bin", "cplfw.bin", "cfp_ff.bin", "vgg2_fp.bin"]
     table = (out / "suite.md").read_text()
     for name in ("lfw", "cfp_fp", "agedb_30"):
