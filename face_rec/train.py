@@ -135,8 +135,9 @@ class PairValidation:
     own pairs. ``val.select`` chooses ``best.pt`` and the value returned to sweepers:
     ``holdout`` (pairs of the identities the training data held out,
     :func:`~face_rec.data.holdout.holdout_pairs`), ``mean`` (the mean accuracy over the sets),
-    a set's name, a pair list, or null (the first set). Only ``holdout`` and another pair list
-    keep the reported sets out of model selection.
+    a set's name, a pair list, ``last`` (no list: the final step's model is the result, as
+    arcface_torch keeps it; no best.pt) or null (the first set). Only ``holdout``, ``last`` and a
+    list that is not one of the sets keep the reported sets out of model selection.
 
     Each list's images are decoded (a ``.bin``) or aligned once per run and embedded once per
     validation, in batches, with flip TTA as ``eval.flip`` says.
@@ -156,7 +157,7 @@ class PairValidation:
                     "pair list>"
                 )
             self.select = holdout_pairs(dataset)  # fixed pairs: the same list for every seed
-        elif cfg.val.select and cfg.val.select not in self.sets and cfg.val.select != "mean":
+        elif cfg.val.select and cfg.val.select not in (*self.sets, "mean", "last"):
             self.select = self.pair_list(cfg.val.select)
             self.select_name = Path(cfg.val.select).stem
         reported = self.reported_selection()
@@ -174,8 +175,11 @@ class PairValidation:
     def reported_selection(self) -> list[str]:
         """The reported sets that also choose the model (empty: none)."""
         what = self.cfg.val.select
-        if self.select is not None:
+        if what == "last":
             return []
+        if self.select is not None:  # a list of its own, unless it is one of the sets' files
+            same = Path(what).resolve() if what != "holdout" else None
+            return [n for n, s in self.sets.items() if same == Path(s.pairs).resolve()]
         if what == "mean":
             return list(self.sets)
         return [what if what in self.sets else next(iter(self.sets))]
@@ -216,6 +220,8 @@ class PairValidation:
             seconds[name] = round(time.perf_counter() - start, 2)
         if self.select is not None:
             select = measure_pairs(*embed(self.select), None, 0, e.seed)
+        elif self.cfg.val.select == "last":
+            select = None
         elif self.cfg.val.select == "mean":
             select = {"accuracy_mean": mean_accuracy(results)}
         else:
@@ -243,6 +249,8 @@ def model_selection(cfg: DictConfig, validation: H.Validation, pv: PairValidatio
             f"(train_data.holdout_fraction={cfg.train_data.holdout_fraction}, 10 "
             "identity-disjoint folds)"
         )
+    elif what == "last":
+        what = "nothing: val.select=last keeps the final step's model (last.pt), no best.pt"
     elif what == "mean":
         what = f"the mean accuracy over the sets {', '.join(pv.sets)}"
     elif not what:
@@ -362,6 +370,28 @@ def resume_path(cfg: DictConfig, out_dir: Path) -> Path | None:
     return path
 
 
+def check_selection(cfg: DictConfig) -> None:
+    """Before any data is read: ``val.select=holdout`` needs training packs that hold
+    identities out (RecordIO and aligned folders hold none)."""
+    data = cfg.train_data
+    if not (cfg.val.sets or cfg.val.bins_dir) or cfg.val.select != "holdout":
+        return
+    if data.get("rec") or data.get("aligned_folder") or not data.get("holdout_fraction"):
+        what = (
+            "RecordIO"
+            if data.get("rec")
+            else "an aligned folder"
+            if data.get("aligned_folder")
+            else "packs"
+        )
+        raise ValueError(
+            f"val.select=holdout, but the training data ({what}) holds out no identities: set "
+            "val.select=last (keep the final model, as arcface_torch does; no list chooses it), "
+            "val.select=<a pair list of people in neither the training data nor the reported "
+            "sets>, or for packs train_data.holdout_fraction=0.1"
+        )
+
+
 def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Train as ``cfg`` says, writing checkpoints, TensorBoard logs, metrics.json and
     config.yaml into ``out_dir``. Returns the metrics dict.
@@ -370,6 +400,7 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     Ranks started with different configs stop with an error naming the keys that differ.
     """
     check_config(cfg)  # before any data is read or a model built
+    check_selection(cfg)
     info = D.init_distributed(cfg.trainer.backend)
     out_dir = Path(D.broadcast_object(str(out_dir)))
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -436,7 +467,7 @@ def validation_metrics(cfg: DictConfig, validation: H.Validation) -> dict:
         "val/eer": first["eer"],
         "val/mean_accuracy": mean_accuracy(latest["sets"]),
         **{f"val/{n}/accuracy": m["accuracy_mean"] for n, m in sets.items()},
-        "select/accuracy": latest["select"]["accuracy_mean"],
+        "select/accuracy": latest["select"]["accuracy_mean"] if latest["select"] else None,
         "model_selection": model_selection(cfg, validation, pv),
         "val_history": validation.history,
     }

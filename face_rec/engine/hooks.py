@@ -147,8 +147,8 @@ class Validation(Hook):
         start, step = time.perf_counter(), trainer.state.step
         results = self.evaluate(trainer.model)
         self.latest = results
-        value = results["select"][self.metric]
-        self.improved = value > self.best_value
+        value = results["select"][self.metric] if results["select"] is not None else None
+        self.improved = value is not None and value > self.best_value
         if self.improved:
             self.best_value, self.best_step = value, step
         seconds = round(time.perf_counter() - start, 1)
@@ -161,7 +161,9 @@ class Validation(Hook):
         if self.tensorboard is not None:
             for name, m in results["sets"].items():
                 self.tensorboard.log_validation(step, name, m)
-            if "eer" in results["select"]:  # a list of its own, not a set or the sets' mean
+            if value is None:  # val.select=last: nothing selects
+                pass
+            elif "eer" in results["select"]:  # a list of its own, not a set or the sets' mean
                 name = results.get("select_name") or "select"
                 self.tensorboard.log_validation(step, name, results["select"], "select")
             else:

@@ -251,3 +251,86 @@ def test_eval_suite_from_a_list_and_its_errors(bins, tmp_path):
         evaluate_from_config(
             _eval_cfg(tmp_path, "suite=standard", f"paths.bins_dir={tmp_path}/none"), tmp_path / "y"
         )
+
+
+def test_a_selection_list_that_is_a_reported_set_is_labelled_optimistic(pack, tmp_path):  # noqa: F811
+    lfw = _bin(tmp_path / "lfw.bin", 1)
+    cfg = _cfg(
+        pack,
+        tmp_path,
+        "model=mobilefacenet",
+        "model.input_size=32",
+        "val=none",
+        f"+val.sets.lfw.pairs={lfw}",
+        f"+val.sets.cfp_fp.pairs={_bin(tmp_path / 'cfp_fp.bin', 2)}",
+        f"val.select={tmp_path}/./lfw.bin",  # the same file, named differently
+        "eval.n_bootstrap=0",
+        "trainer.max_steps=1",
+    )
+    m = train_from_config(cfg, tmp_path / "run")
+    assert m["model_selection"]["note"].startswith("OPTIMISTIC for lfw")
+
+
+def test_standard_bins_with_the_default_holdout_selection(tmp_path):
+    from face_rec.align.run import run_alignment
+
+    from ..align.test_run import FakeDetector, _tree
+
+    pack = tmp_path / "pack"  # enough identities to hold 10 folds of people out
+    run_alignment(_tree(tmp_path / "in", n_ids=60, per_id=3), pack, FakeDetector, workers=0)
+    bins = tmp_path / "bins"
+    bins.mkdir()
+    _bin(bins / "lfw.bin", 1)
+    _bin(bins / "agedb_30.bin", 3)
+    cfg = _cfg(
+        pack,
+        tmp_path,
+        "model=mobilefacenet",
+        "model.input_size=32",
+        "val=standard",
+        f"paths.bins_dir={bins}",
+        "train_data.holdout_fraction=0.4",
+        "eval.n_bootstrap=0",
+        "trainer.max_steps=1",
+    )
+    assert cfg.val.select == "holdout"  # the config's default
+    m = train_from_config(cfg, tmp_path / "run")
+    assert list(m["val_sets"]) == ["lfw", "agedb_30"]
+    assert "held out of training" in m["model_selection"]["selected_on"]
+    assert "took no part" in m["model_selection"]["note"]
+    assert m["select/accuracy"] == m["select"]["accuracy_mean"]
+
+
+def test_select_last_keeps_the_final_model_and_chooses_nothing(pack, tmp_path):  # noqa: F811
+    cfg = _cfg(
+        pack,
+        tmp_path,
+        "model=mobilefacenet",
+        "model.input_size=32",
+        "val=none",
+        f"+val.sets.lfw.pairs={_bin(tmp_path / 'lfw.bin', 1)}",
+        "val.select=last",
+        "eval.n_bootstrap=0",
+        "trainer.max_steps=2",
+        "trainer.eval_every=1",
+    )
+    out = tmp_path / "run"
+    m = train_from_config(cfg, out)
+    assert m["select/accuracy"] is None and "select" not in m
+    assert "val.select=last" in m["model_selection"]["selected_on"]
+    assert (
+        not (out / "checkpoints" / "best.pt").exists()
+        and (out / "checkpoints" / "last.pt").exists()
+    )
+
+
+@pytest.mark.parametrize(
+    "data", [["train_data=recordio", "train_data.rec=/x.rec"], ["train_data.holdout_fraction=0"]]
+)
+def test_holdout_selection_without_held_out_identities_stops_before_reading_data(tmp_path, data):
+    from face_rec.train import check_selection
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        cfg = compose("train", overrides=["val=standard", *data])
+    with pytest.raises(ValueError, match="val.select=last"):
+        check_selection(cfg)
