@@ -14,7 +14,8 @@ from face_rec.config_check import check_config
 from .conftest import REPO
 
 ENTRIES = {"train.py": "train", "eval_lfw.py": "eval_lfw", "align.py": "align"}
-ENTRIES |= {"export.py": "export", "embed.py": "embed"}
+ENTRIES |= {"export.py": "export", "embed.py": "embed", "eval_ijb.py": "eval_ijb"}
+ENTRIES |= {"identify.py": "identify"}
 
 
 def readme_commands() -> list[str]:
