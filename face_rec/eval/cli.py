@@ -15,7 +15,14 @@ from face_rec.config_check import check_config
 from face_rec.data.pack import SUMMARY_NAME, read_manifest, read_summary
 from face_rec.data.pairs import Pairs, load_pairs
 from face_rec.eval.metrics import far_supported, threshold_at_far
-from face_rec.eval.report import plot_roc, write_metrics, write_roc, write_scores
+from face_rec.eval.report import (
+    plot_error_vs_reject,
+    plot_roc,
+    write_images,
+    write_metrics,
+    write_roc,
+    write_scores,
+)
 from face_rec.eval.suite import (
     configured_sets,
     mean_accuracy,
@@ -256,6 +263,12 @@ def evaluate_list(
     write_scores(out_dir / "scores.csv", pairs, metrics["scores"])
     write_roc(out_dir / "roc.csv", metrics["roc"])
     plot_roc(out_dir / "roc.png", {pairs_path.name: metrics}, title=f"{pairs_path.name}")
+    write_images(out_dir / "images.csv", pairs, images, metrics["image_quality"])
+    plot_error_vs_reject(
+        out_dir / "error_vs_reject.png",
+        {pairs_path.name: metrics["error_vs_reject"]},
+        pairs_path.name,
+    )
     return metrics
 
 

@@ -44,7 +44,8 @@ def write_roc(path: Path, roc: dict) -> None:
 
 def write_metrics(path: Path, metrics: dict) -> None:
     """metrics.json without the bulky arrays (scores, ROC points)."""
-    write_json(path, {k: v for k, v in metrics.items() if k not in ("scores", "roc")})
+    bulky = ("scores", "roc", "image_quality")
+    write_json(path, {k: v for k, v in metrics.items() if k not in bulky})
 
 
 def plot_roc(
@@ -120,3 +121,42 @@ def plot_roc_figure(
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def write_images(path: Path, pairs: Pairs, images, quality: np.ndarray) -> None:
+    """One row per image of the list: source, quality (the feature norm; empty where
+    unusable), status (ok | fallback | failed), outside_fraction (empty where unknown), reason."""
+    outside = images.outside_fraction
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "quality", "status", "outside_fraction", "reason"])
+        for k, src in enumerate(pairs.images):
+            bad = bool(images.problems[k])
+            status = "failed" if bad else "fallback" if images.fallback[k] else "ok"
+            o = "" if outside is None or np.isnan(outside[k]) else f"{outside[k]:.4f}"
+            q = "" if bad or np.isnan(quality[k]) else f"{quality[k]:.9g}"
+            w.writerow([src, q, status, o, images.problems[k]])
+
+
+def plot_error_vs_reject(path: Path, curves: dict[str, dict], title: str) -> None:
+    """Error over the kept pairs against the fraction of lowest-quality pairs rejected (one
+    line per label -> ``error_vs_reject`` dict), saved as a PNG atomically."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4.5), dpi=120)
+    ax = fig.subplots()
+    for label, c in curves.items():
+        pts = [
+            (r, e) for r, e in zip(c["reject_fraction"], c["error"], strict=True) if e is not None
+        ]
+        ax.plot(
+            [100 * r for r, _ in pts], [100 * e for _, e in pts], "o-", lw=1.3, ms=4, label=label
+        )
+    ax.set_xlabel("pairs rejected, lowest quality first (%)")
+    ax.set_ylabel("verification error over the kept pairs (%)")
+    ax.set_title(f"{title}: error versus reject (quality = feature norm)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
+from torch.nn import functional as F
 
 from face_rec.align.run import CHUNK_SIZE, AlignSettings, current_pack, run_alignment
 from face_rec.data.pack import (
@@ -22,6 +24,7 @@ from face_rec.data.pack import (
 from face_rec.data.pairs import Pairs
 from face_rec.eval import metrics as M
 from face_rec.eval.embed import embed_crops
+from face_rec.eval.quality import error_vs_reject, pair_quality
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +257,7 @@ def verification_metrics(
     n_bootstrap: int = 1000,
     seed: int = 0,
     units: tuple[np.ndarray, str] | None = None,
+    pair_quality: np.ndarray | None = None,
 ) -> dict:
     """Every number of the protocol: accuracy (:func:`protocol_accuracy`; NaN scores are
     unscorable pairs and count as errors), ROC, AUC, EER and TAR@FAR (over the scored pairs)
@@ -263,6 +267,8 @@ def verification_metrics(
     ``units``: (N,) resampling unit per pair and its name (:func:`resampling_units`; default
     single pairs). The intervals resample whole units and refit the threshold(s) inside every
     resample (the calibration list resampled too); ``ci95_method`` says so.
+    ``pair_quality``: (N,) quality per pair (:func:`~face_rec.eval.quality.pair_quality`): adds
+    ``error_vs_reject``, the protocol's error as the lowest-quality pairs are rejected.
     """
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels).astype(bool)
@@ -271,7 +277,9 @@ def verification_metrics(
         raise ValueError("no scored pairs")
     units = units or (np.arange(len(scores)), "pairs")
     out = protocol_accuracy(scores, labels, folds, calibration and calibration[:2])
-    out.pop("correct")
+    correct = out.pop("correct")
+    if pair_quality is not None:  # the protocol's decisions kept, low-quality pairs rejected
+        out["error_vs_reject"] = error_vs_reject(correct, pair_quality)
     s, y = scores[scored], labels[scored]
     best_t, best_acc = M.best_threshold(s, y)
     out["accuracy_best_threshold"] = {
@@ -369,8 +377,10 @@ def measure_pairs(
     calibration: tuple[Pairs, PairImages, np.ndarray] | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    quality: np.ndarray | None = None,
 ) -> dict:
-    """Score and measure ``pairs`` from its images' unit embeddings (M, D); ``calibration``:
+    """Score and measure ``pairs`` from its images' unit embeddings (M, D); ``quality``: (M,)
+    per-image quality (the feature norm), for the error-versus-reject curve; ``calibration``:
     (pairs, images, embeddings) of the list a fold-less list takes its threshold from.
 
     Returns :func:`verification_metrics`' dict plus ``n_pairs``, ``n_scored``, ``skipped``
@@ -388,7 +398,8 @@ def measure_pairs(
         calib = (c_scores[ok], c_pairs.same[ok], resampling_units(c_pairs)[0][ok])
     folds = pairs.fold if pairs.n_folds >= 2 else None
     units = resampling_units(pairs)
-    out = verification_metrics(scores, pairs.same, folds, calib, n_bootstrap, seed, units)
+    pq = None if quality is None else pair_quality(quality, pairs.left, pairs.right)
+    out = verification_metrics(scores, pairs.same, folds, calib, n_bootstrap, seed, units, pq)
     uses_fallback = images.fallback[pairs.left] | images.fallback[pairs.right]
     out.update(
         n_pairs=len(pairs),
@@ -417,14 +428,38 @@ def evaluate_pairs(
     n_bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict:
-    """Embed, score and measure ``pairs`` (:func:`measure_pairs`), the calibration list's
-    images embedded too."""
-    emb = embed_pairs(model, images, batch_size, device, flip)
+    """Embed, score and measure ``pairs`` (:func:`measure_pairs`, with each image's feature
+    norm as its quality: ``image_quality`` (M,), NaN where unusable, and ``error_vs_reject``),
+    the calibration list's images embedded too."""
+    emb, quality = embed_with_quality(model, images, batch_size, device, flip)
     calib = None
     if calibration is not None:
         c_pairs, c_images = calibration
         calib = (c_pairs, c_images, embed_pairs(model, c_images, batch_size, device, flip))
-    return measure_pairs(pairs, images, emb, calib, n_bootstrap, seed)
+    out = measure_pairs(pairs, images, emb, calib, n_bootstrap, seed, quality)
+    out["image_quality"] = quality
+    known = quality[~np.isnan(quality)]
+    out["quality"] = {
+        "definition": "L2 norm of the unnormalised feature "
+        + ("f(x) + f(flip(x))" if flip else "f(x)")
+        + " per image (images.csv); a pair's quality is the lower of its two",
+        "percentiles": {
+            str(p): float(np.percentile(known, p)) if len(known) else None for p in (5, 50, 95)
+        },
+    }
+    return out
+
+
+def embed_with_quality(
+    model: nn.Module, images: PairImages, batch_size: int, device: str, flip: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings (M, D) and qualities (M,): the L2 norm of the unnormalised feature
+    ``f(x) + f(flip(x))`` (``f(x)`` without flip; as :class:`~face_rec.embedder.FaceEmbedder`
+    reports it), NaN for unusable images."""
+    raw = torch.from_numpy(embed_crops(model, images.crops, batch_size, device, flip, False))
+    norms = raw.norm(dim=1).double().numpy()
+    norms[np.array([bool(p) for p in images.problems], bool)] = np.nan
+    return F.normalize(raw, dim=1).numpy(), norms  # as embed_crops normalises
 
 
 def leaked_identities(pairs: Pairs, training_identities: set[str]) -> list[str] | None:

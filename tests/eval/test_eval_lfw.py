@@ -94,6 +94,28 @@ def test_devtest_slice_end_to_end(lfw_root, tmp_path):
     assert saved["accuracy_mean"] == pytest.approx(np.sum((scores > t) == same) / 62)
     assert (tmp_path / "out" / "roc.png").stat().st_size > 10_000
 
+    # quality: each image's feature norm; error versus reject keeps the protocol's decisions
+    with open(tmp_path / "out" / "images.csv", newline="") as fh:
+        images = {r["image"]: r for r in csv.DictReader(fh)}
+    assert images["Aaron_Eckhart/Aaron_Eckhart_0099.jpg"]["status"] == "failed"
+    assert images["Aaron_Eckhart/Aaron_Eckhart_0099.jpg"]["quality"] == ""
+    quality = {k: float(r["quality"]) for k, r in images.items() if r["quality"]}
+    assert len(quality) == len(images) - 1 and min(quality.values()) > 0
+    evr = saved["error_vs_reject"]
+    assert evr["reject_fraction"][0] == 0 and evr["error"][0] == pytest.approx(
+        1 - saved["accuracy_mean"]
+    )
+    pair_q = [  # the unscored pair (unknown quality) is rejected first
+        min(quality.get(r["a"], -np.inf), quality.get(r["b"], -np.inf)) for r in rows
+    ]
+    decided = [r["score"] != "" and (float(r["score"]) > t) == (r["same"] == "1") for r in rows]
+    order = np.lexsort((np.arange(62), pair_q))
+    for r, err in zip(evr["reject_fraction"], evr["error"], strict=True):
+        kept = order[int(round(r * 62)) :]
+        assert err == pytest.approx(1 - np.mean([decided[i] for i in kept]))
+    assert (tmp_path / "out" / "error_vs_reject.png").is_file()
+    assert saved["quality"]["percentiles"]["50"] > 0
+
     # a second evaluation finds every pair image aligned: no detection runs
     packs = sorted((tmp_path / "cache").iterdir())
     before = [(p / "images.npy").stat().st_mtime_ns for p in packs]
