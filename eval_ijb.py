@@ -6,13 +6,14 @@ from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval_ijb")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float:
+    """Returns TAR@FAR 1e-4 (insightface's reading) to sweepers; NaN, logged, when the pairs
+    cannot resolve it (:func:`face_rec.eval.ijb_cli.sweep_value`)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from face_rec.eval.ijb_cli import evaluate_ijb_from_config
+    from face_rec.eval.ijb_cli import evaluate_ijb_from_config, sweep_value
 
-    metrics = evaluate_ijb_from_config(cfg, HydraConfig.get().runtime.output_dir)
-    return metrics["verification"]["tar_at_far"]["1e-4"]
+    return sweep_value(evaluate_ijb_from_config(cfg, HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

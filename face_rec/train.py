@@ -48,16 +48,30 @@ def seed_everything(seed: int) -> None:
 
 
 def ensure_pack(source: DictConfig, align: DictConfig) -> None:
-    """Align a training source first when its pack is missing or incomplete (resumable)."""
-    if read_summary(source.pack_dir) is not None:
-        return
-    log.info("no complete pack at %s: aligning %s first", source.pack_dir, source.image_dir)
+    """Align a training source first when its pack is missing or incomplete (resumable). A
+    complete pack made with other crop settings than ``align`` gives (size, border, fallback
+    crop) is used as it is, with a warning naming the differences and how to rebuild it."""
     kw = alignment_kwargs(align)
-    kw["make_detector"] = functools.partial(kw["make_detector"], min_face_size=source.min_face_size)
-    kw["detector_settings"]["min_face_size"] = source.min_face_size
     kw["settings"] = dataclasses.replace(
         kw["settings"], fallback_face_fraction=source.fallback_face_fraction
     )
+    summary = read_summary(source.pack_dir)
+    if summary is not None:
+        wanted = dataclasses.asdict(kw["settings"])
+        made = summary.get("settings", {})
+        differ = {k: (made.get(k), v) for k, v in wanted.items() if made.get(k) != v}
+        if differ:
+            log.warning(
+                "training pack %s was aligned with other settings than align.settings says "
+                "(%s); training on it as it is. To rebuild it: delete the folder, or run "
+                "python align.py with the same settings",
+                source.pack_dir,
+                ", ".join(f"{k}: pack {a!r}, config {b!r}" for k, (a, b) in differ.items()),
+            )
+        return
+    log.info("no complete pack at %s: aligning %s first", source.pack_dir, source.image_dir)
+    kw["make_detector"] = functools.partial(kw["make_detector"], min_face_size=source.min_face_size)
+    kw["detector_settings"]["min_face_size"] = source.min_face_size
     run_alignment(source.image_dir, source.pack_dir, limit=source.limit, **kw)
 
 

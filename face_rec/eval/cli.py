@@ -36,7 +36,6 @@ from face_rec.eval.verification import (
     align_pair_images,
     evaluate_pairs,
     leaked_identities,
-    scored_outside_fraction,
 )
 from face_rec.utils.checkpoint import model_from_checkpoint
 from face_rec.utils.io import write_json
@@ -230,7 +229,6 @@ def evaluate_list(
         cfg.eval.n_bootstrap,
         cfg.eval.seed,
     )
-    metrics["outside_fraction"] = scored_outside_fraction(pairs, images, metrics["scores"])
     if metrics["outside_fraction"]["warning"]:
         log.warning("%s", metrics["outside_fraction"]["warning"])
     metrics.update(

@@ -29,6 +29,16 @@ TAR@FAR is read two ways, both keyed "1e-6" ... "1e-1": ``tar_at_far`` as insigh
 (on ``sklearn.metrics.roc_curve``'s default, thinned curve, the point whose FPR is nearest the
 target; among equally near points the one with the highest TPR) and ``tar_at_far_interpolated``
 (linear interpolation along the full ROC polyline at the target FPR).
+
+A template of one image with faceness 1 (insightface's default switches) has the feature
+``normalize(f(x) + f(flip x))`` of that image's crop, which is ``eval_lfw.py``'s flip-TTA
+embedding: the pair scores are the same cosines. Not bit for bit: here the sums, norms and
+products are float64 (of the float32 f(x), f(flip x)), in ``eval_lfw.py`` float32, so the
+scores agree to ~1e-7 (tested to 1e-6); the AUC and TAR@FAR, which depend only on the scores'
+order, are equal unless two scores lie within that distance. TAR@FAR itself is read the
+insightface way here and as "the best TPR at FPR <= FAR" in ``eval_lfw.py``: the two agree
+when the impostor count times FAR is a whole number (an ROC point then lies exactly at FAR);
+otherwise the nearest point can be the one just above FAR.
 """
 
 from __future__ import annotations

@@ -1,11 +1,21 @@
 """Glue between ``eval_ijb.py``'s config and the IJB library (:mod:`face_rec.eval.ijb`,
-:mod:`face_rec.eval.ijb_data`): :func:`evaluate_ijb_from_config`."""
+:mod:`face_rec.eval.ijb_data`): :func:`evaluate_ijb_from_config`, and the steps it runs in
+turn (:func:`read_meta`, :func:`face_features`, :func:`templates`, :func:`verify`,
+:func:`one_n`), which ``benchmarks/ijb_scoring.py --real-path`` times at IJB-C's size.
+
+Shapes: N faces with landmarks, F of them used by some template (the feature store's rows), R
+lines of face_tid_mid, T templates, P pairs, D feature dimensions.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from hydra.utils import instantiate
@@ -28,7 +38,11 @@ from face_rec.eval.report import plot_roc, write_roc
 from face_rec.utils.io import atomic_path, write_json
 from face_rec.utils.machine import machine_info
 
+log = logging.getLogger(__name__)
 N_EXAMPLES = 10
+#: what ``eval_ijb.py`` returns to sweepers: insightface's TAR at this FAR
+SWEEP_FAR = "1e-4"
+_T = TypeVar("_T")
 
 
 def evaluate_ijb_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
@@ -78,13 +92,29 @@ def evaluate_ijb_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     return metrics
 
 
+def sweep_value(metrics: dict) -> float:
+    """What ``eval_ijb.py`` returns to a sweeper (to maximise; e.g. Hydra's Optuna sweeper): the
+    1:1 TAR at FAR 1e-4 as insightface reads it (``verification.tar_at_far["1e-4"]``, the
+    figure IJB papers quote). Where it is unresolvable (fewer than 10,000 scored impostor
+    pairs, or no scored genuine pair) it is NaN, with a warning saying why: NaN, as
+    ``train.py`` returns for a failed job, marks the trial as having no value; another
+    figure (the AUC) in its place would be compared with the TARs of the other trials."""
+    v = metrics["verification"]
+    value = v["tar_at_far"].get(SWEEP_FAR)
+    if value is None:
+        why = v.get("tar_at_far_notes", {}).get(SWEEP_FAR, "not reported")
+        log.warning("eval_ijb returns NaN to the sweeper: TAR@FAR %s %s", SWEEP_FAR, why)
+        return math.nan
+    return float(value)
+
+
 class _Clock:
     """Calls a function and records its wall time under a name."""
 
     def __init__(self) -> None:
         self.times: dict[str, float] = {}
 
-    def __call__(self, name: str, fn, *args):
+    def __call__(self, name: str, fn: Callable[..., _T], *args: Any) -> _T:
         start = time.perf_counter()
         out = fn(*args)
         self.times[name] = time.perf_counter() - start
@@ -92,7 +122,9 @@ class _Clock:
 
 
 def face_features(cfg: DictConfig, meta: IJBMeta) -> tuple[FaceFeatures, np.ndarray]:
-    """The features of the faces some template uses (``faces``: their landmark rows)."""
+    """(the feature store of the F faces some template uses, ``faces`` (F,) int64: their
+    landmark rows in ``meta.faces``, sorted), extracted (or read from the cache) from
+    ``<root>/loose_crop``."""
     faces = np.unique(meta.rows.face[meta.rows.face >= 0])
     device = resolve_device(cfg.eval.device)
     store = extract_features(
@@ -110,8 +142,15 @@ def face_features(cfg: DictConfig, meta: IJBMeta) -> tuple[FaceFeatures, np.ndar
     return store, faces
 
 
-def templates(meta: IJBMeta, faces: np.ndarray, store: FaceFeatures, switches):
-    """(layout, unit template features (T, D), usable (T,), usable images (T,), norms (T,))."""
+def templates(
+    meta: IJBMeta, faces: np.ndarray, store: FaceFeatures, switches: ijb.TemplateSwitches
+) -> tuple[ijb.TemplateLayout, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Template features from the F stored face features (``faces`` (F,): their landmark rows,
+    as :func:`face_features` returns them), streamed a chunk at a time.
+
+    Returns (layout of the R face_tid_mid lines, unit template features (T, D) float64,
+    usable (T,) bool: has a usable image and a non-zero sum, usable images per template (T,)
+    int64, norms of the sums before normalising (T,) float64)."""
     rows = meta.rows
     image = np.where(rows.face >= 0, np.searchsorted(faces, rows.face), -1)
     layout = ijb.template_layout(rows.template, rows.media, image)
@@ -121,8 +160,17 @@ def templates(meta: IJBMeta, faces: np.ndarray, store: FaceFeatures, switches):
     return layout, feats, (n_images > 0) & (norms > 0), n_images, norms
 
 
-def verify(pairs: TemplatePairs, layout, feats, usable, n_images, norms):
-    """(``verification`` of metrics.json, scores (P,) with NaN where unscored, full ROC)."""
+def verify(
+    pairs: TemplatePairs,
+    layout: ijb.TemplateLayout,
+    feats: np.ndarray,
+    usable: np.ndarray,
+    n_images: np.ndarray,
+    norms: np.ndarray,
+) -> tuple[dict, np.ndarray, dict[str, np.ndarray]]:
+    """Score the P pairs with :func:`templates`' outputs (``feats`` (T, D), ``usable``,
+    ``n_images``, ``norms`` (T,)). Returns (``verification`` of metrics.json, scores (P,)
+    float64 with NaN where unscored, the full ROC {fpr, tpr} (K + 1,) each)."""
     i1, i2 = layout.index_of(pairs.t1), layout.index_of(pairs.t2)
     scores = ijb.score_pairs(feats, usable, i1, i2)
     figures, curve = ijb.verification_figures(scores, pairs.label)
@@ -140,8 +188,16 @@ def verify(pairs: TemplatePairs, layout, feats, usable, n_images, norms):
     return verification, scores, curve
 
 
-def skipped_pairs(pairs, i1, i2, n_images, norms) -> dict:
-    """Count, reasons and first examples of the pairs that could not be scored."""
+def skipped_pairs(
+    pairs: TemplatePairs,
+    i1: np.ndarray,
+    i2: np.ndarray,
+    n_images: np.ndarray,
+    norms: np.ndarray,
+) -> dict:
+    """Count, reasons and the first :data:`N_EXAMPLES` examples (pair-file line, ids, reason)
+    of the pairs that could not be scored. ``i1``, ``i2`` (P,): the pairs' template rows (-1:
+    not in face_tid_mid); ``n_images``, ``norms`` (T,) as :func:`templates` returns them."""
     why = np.zeros(len(i1), np.int8)  # 0 scored, 1 template unknown, 2 no image, 3 zero
     for i in (i2, i1):  # the first template's reason wins
         known = i >= 0
@@ -170,7 +226,9 @@ def skipped_pairs(pairs, i1, i2, n_images, norms) -> dict:
 
 
 def image_report(store: FaceFeatures, rows: TemplateMedia) -> dict:
-    """Images that could not be used (missing, undecodable) or fell back to a centre crop."""
+    """``images`` of metrics.json: counts, reasons and first examples of the faces that could
+    not be used (missing, undecodable) or fell back to a centre crop, and of the face_tid_mid
+    lines without a landmark line."""
     failed = np.flatnonzero(~store.ok)
     fallback = np.flatnonzero(store.fallback)
     reasons = Counter(_reason_kind(store.problems[i]) for i in failed)
@@ -192,14 +250,23 @@ def image_report(store: FaceFeatures, rows: TemplateMedia) -> dict:
 
 
 def _reason_kind(reason: str) -> str:
+    """A failure message's kind, to count failures by (file not found, cannot decode, ...)."""
     for kind in ("file not found", "empty file", "cannot decode"):
         if kind in reason:
             return kind
     return reason.split(": ", 1)[-1][:60]
 
 
-def one_n(root, target: str, feats, usable, layout) -> dict:
-    """``identification`` when the three 1:N files exist, else a note saying which lack."""
+def one_n(
+    root: str | Path,
+    target: str,
+    feats: np.ndarray,
+    usable: np.ndarray,
+    layout: ijb.TemplateLayout,
+) -> dict:
+    """``{"identification": ...}`` (:func:`face_rec.eval.ijb.identification_figures` over the
+    unit template features (T, D) and ``usable`` (T,)) when the three 1:N files of ``target``
+    are in ``<root>/meta``, else ``{"identification_note": ...}`` naming the missing ones."""
     meta = Path(root) / "meta"
     g1, g2, probe = (meta / name for name in ONE_N_FILES[target])
     absent = [p.name for p in (g1, g2, probe) if not p.is_file()]
@@ -213,7 +280,15 @@ def one_n(root, target: str, feats, usable, layout) -> dict:
     return {"identification": figures}
 
 
-def write_outputs(out_dir: Path, cfg: DictConfig, metrics: dict, scores, curve) -> None:
+def write_outputs(
+    out_dir: Path,
+    cfg: DictConfig,
+    metrics: dict,
+    scores: np.ndarray,
+    curve: dict[str, np.ndarray],
+) -> None:
+    """metrics.json, config.yaml, and with a resolvable ROC roc.png and roc.csv (thinned);
+    scores.npy (P,) float32 with ``save_scores``."""
     fpr, tpr = ijb.thin_roc(curve["fpr"], curve["tpr"])
     v = metrics["verification"]
     if v["auc"] is not None:
@@ -229,7 +304,7 @@ def write_outputs(out_dir: Path, cfg: DictConfig, metrics: dict, scores, curve) 
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def _plain(obj):
+def _plain(obj: Any) -> Any:
     """JSON-ready: numpy arrays and scalars to lists and numbers."""
     if isinstance(obj, dict):
         return {k: _plain(v) for k, v in obj.items()}
@@ -243,6 +318,7 @@ def _plain(obj):
 
 
 def summary(m: dict) -> str:
+    """The one line printed at the end: TAR@FAR 1e-5 / 1e-4, pairs scored, 1:N mean figures."""
     v = m["verification"]
     tars = ", ".join(
         f"TAR@{k} {t:.4f}"
@@ -260,5 +336,5 @@ def summary(m: dict) -> str:
     return line
 
 
-def _num(x) -> str:
+def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"

@@ -36,7 +36,7 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -214,8 +214,10 @@ def _face_index(faces: Faces) -> dict[str, int]:
 
 
 def read_pairs(path: str | Path) -> TemplatePairs:
-    """``tid1 tid2 label`` lines (label 0 or 1), read by numpy's C parser (IJB-C: 15.7M lines
-    in seconds); on any problem the first bad line is found and named."""
+    """``tid1 tid2 label`` lines (label 0 or 1), read by numpy's C parser; on any problem the
+    first bad line is found and named. Linear in lines: 6M lines took 0.8 s and ~150 MB above
+    the 144 MB result on the 2-core development machine, so IJB-C's 15.7M take ~2 s and ~0.4
+    GB (``benchmarks/ijb_scoring.py --real-path`` measures it at full size)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"IJB meta file {str(path)!r} not found")
@@ -250,7 +252,7 @@ def read_1n_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     import csv
 
     path = Path(path)
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a BOM is not a header
         reader = csv.reader(fh)
         header = [h.strip().upper() for h in next(reader, [])]
         if "TEMPLATE_ID" not in header or "SUBJECT_ID" not in header:
@@ -280,11 +282,16 @@ def read_1n_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- alignment
 
 
-def align_ijb_face(image: np.ndarray, landmarks: np.ndarray, settings: AlignSettings):
-    """The crop of a face with its PROVIDED five points: the alignment stage's own
-    :func:`~face_rec.align.run.crop_face` (the same warp and settings as ``align.py``; given
-    the same landmarks, the same crop byte for byte). Returns (crop (S, S, 3) uint8, reason):
-    reason is '' or why the fallback centre crop was used (degenerate landmarks)."""
+def align_ijb_face(
+    image: np.ndarray, landmarks: np.ndarray, settings: AlignSettings
+) -> tuple[np.ndarray, str]:
+    """The crop of a face in (H, W, 3) ``image`` with its PROVIDED five points (5, 2): the
+    alignment stage's own :func:`~face_rec.align.run.crop_face` (the same warp and settings as
+    ``align.py``, landmarks taken to the 3 decimals its manifest records, as it does before
+    its warp: points with more decimals move by at most 0.0005 px; given the same landmarks,
+    the same crop byte for byte, and a pack's manifest landmarks give the pack's crop).
+    Returns (crop (S, S, 3) uint8, reason): reason is '' or why the fallback centre crop was
+    used (degenerate landmarks)."""
     face = Face(box=np.zeros(4), prob=1.0, landmarks=np.asarray(landmarks, np.float64))
     return crop_face(image, face, settings)
 
@@ -319,17 +326,46 @@ def _chunk_path(folder: Path, index: int) -> Path:
 
 
 def model_identity(model: nn.Module) -> str:
-    """A digest of a model's architecture (its repr, input size) and every weight."""
+    """A digest of what makes a model's features: its architecture (repr, input size), every
+    weight and buffer, each submodule's input preprocessing (an
+    :class:`~face_rec.models.preprocess.InputAdapter`'s or an ONNX model's colour order, mean
+    and std: the colour order is neither a buffer nor in the repr), and a model file read
+    outside ``state_dict`` (ONNX: path, size and modification time)."""
     h = hashlib.sha256(repr(model).encode())
     h.update(str(getattr(model, "input_size", None)).encode())
     for name, value in model.state_dict().items():
         h.update(name.encode())
         h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    for name, module in model.named_modules():
+        preprocessing = getattr(module, "preprocessing", None)
+        if preprocessing is not None:
+            h.update(f"{name}\0preprocessing\0{preprocessing!r}".encode())
     path = getattr(model, "path", None)  # a model file read outside state_dict (ONNX)
     if path and Path(path).is_file():
         st = Path(path).stat()
         h.update(f"{Path(path).resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode())
     return h.hexdigest()
+
+
+def crop_settings(settings: AlignSettings) -> dict:
+    """The alignment settings that change a crop made from given landmarks: ``size``,
+    ``border`` and ``fallback_face_fraction`` (the centre crop of degenerate landmarks). The
+    detection settings (batch size, detection side, retries) do not: no detection here."""
+    return {
+        "size": settings.size,
+        "border": settings.border,
+        "fallback_face_fraction": settings.fallback_face_fraction,
+    }
+
+
+def image_stamp(path: Path) -> str:
+    """``size mtime_ns`` of an image file (the alignment stage's resume key uses the same), or
+    ``missing``: a changed file changes it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    return f"{st.st_size} {st.st_mtime_ns}"
 
 
 def features_key(
@@ -340,13 +376,16 @@ def features_key(
     settings: AlignSettings,
     chunk_size: int,
 ) -> str:
-    """Everything that shapes the stored features: model, images, landmarks, crop settings, and
-    the chunking (which faces each chunk file holds)."""
+    """Everything that shapes the stored features: the model (:func:`model_identity`), the
+    image folder, each image's name and file (size and modification time, :func:`image_stamp`),
+    the landmarks (N, 5, 2), the crop settings (:func:`crop_settings`), and the chunking (which
+    faces each chunk file holds)."""
     h = hashlib.sha256()
-    meta = [FEATURES_VERSION, ALIGN_VERSION, asdict(settings), model_id, str(image_dir.resolve())]
-    meta.append(chunk_size)
+    meta = [FEATURES_VERSION, ALIGN_VERSION, crop_settings(settings), model_id]
+    meta += [str(Path(image_dir).resolve()), chunk_size]
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
-    h.update("\n".join(names).encode())
+    for name in names:
+        h.update(f"{name}\0{image_stamp(Path(image_dir) / name)}\n".encode())
     h.update(np.ascontiguousarray(landmarks, np.float64).tobytes())
     return h.hexdigest()
 
@@ -367,8 +406,9 @@ def extract_features(
     """f(x) and f(flip x) of each face ``names[i]`` (under ``image_dir``) aligned with
     ``landmarks[i]`` (N, 5, 2), computed in chunks of ``chunk_size`` faces, each saved
     atomically under ``cache_dir/<key>``; chunks already there are kept (a killed run goes on
-    where it stopped). The key covers the model's weights, the image folder, names, landmarks,
-    crop settings and chunk size. ``workers``: threads decoding and warping (None: one per
+    where it stopped). The key (:func:`features_key`) covers the model, the image folder, each
+    image's name, size and modification time, the landmarks, the crop settings and the chunk
+    size. ``workers``: threads decoding and warping (None: one per
     core). Returns the chunks' :class:`FaceFeatures` (features read back a chunk at a time)."""
     from tqdm import tqdm
 
@@ -402,7 +442,7 @@ def extract_features(
             dim = dim or _feature_dim(model, settings.size, device)
             _save_chunk(folder, i, prepared, model, batch_size, device, dim)
             bar.update(len(idx))
-    return _load_status(folder, n, chunk_size)
+    return open_features(folder, n, chunk_size)
 
 
 def _prepare(job: tuple[Path, np.ndarray, AlignSettings]) -> tuple[np.ndarray | None, str, bool]:
@@ -420,7 +460,16 @@ def _feature_dim(model: nn.Module, size: int, device: str) -> int:
     return embed_crops(model, np.zeros((1, size, size, 3), np.uint8), 1, device, False).shape[1]
 
 
-def _save_chunk(folder, index, prepared, model, batch_size, device, dim) -> None:
+def _save_chunk(
+    folder: Path,
+    index: int,
+    prepared: list[tuple[np.ndarray | None, str, bool]],
+    model: nn.Module,
+    batch_size: int,
+    device: str,
+    dim: int,
+) -> None:
+    """Embed one chunk's ``prepared`` crops (:func:`_prepare`) and save it."""
     ok = np.array([c is not None for c, _, _ in prepared], bool)
     x = np.zeros((len(prepared), dim), np.float32)
     xf = np.zeros_like(x)
@@ -431,11 +480,36 @@ def _save_chunk(folder, index, prepared, model, batch_size, device, dim) -> None
         xf[ok] = embed_crops(model, mirrored, batch_size, device, flip=False, normalize=False)
     reasons = [r for _, r, _ in prepared]
     fallback = np.array([f for _, _, f in prepared], bool)
+    write_chunk(folder, index, x, xf, ok, fallback, reasons)
+
+
+def write_chunk(
+    folder: Path,
+    index: int,
+    x: np.ndarray,
+    xf: np.ndarray,
+    ok: np.ndarray,
+    fallback: np.ndarray,
+    reasons: Sequence[str],
+) -> None:
+    """Save chunk ``index`` of a feature cache folder atomically: f(x) and f(flip x) (n, D)
+    float32 (zero rows where not ``ok``), ``ok`` and ``fallback`` (n,) bool, ``reasons`` (n,)
+    ('' or why the face is unusable or a fallback). :func:`open_features` reads it back."""
     with atomic_path(_chunk_path(folder, index)) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, x=x, xf=xf, ok=ok, fallback=fallback, reasons=np.array(json.dumps(reasons)))
+        np.savez(
+            fh,
+            x=np.asarray(x, np.float32),
+            xf=np.asarray(xf, np.float32),
+            ok=np.asarray(ok, bool),
+            fallback=np.asarray(fallback, bool),
+            reasons=np.array(json.dumps(list(reasons))),
+        )
 
 
-def _load_status(folder: Path, n: int, chunk_size: int) -> FaceFeatures:
+def open_features(folder: str | Path, n: int, chunk_size: int) -> FaceFeatures:
+    """The :class:`FaceFeatures` of a complete cache folder of ``n`` faces in chunks of
+    ``chunk_size`` (reads each chunk's status, not its features)."""
+    folder = Path(folder)
     ok, fallback, problems = np.zeros(n, bool), np.zeros(n, bool), {}
     for i, s in enumerate(range(0, n, chunk_size)):
         with np.load(_chunk_path(folder, i)) as z:

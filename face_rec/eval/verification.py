@@ -385,7 +385,8 @@ def measure_pairs(
 
     Returns :func:`verification_metrics`' dict plus ``n_pairs``, ``n_scored``, ``skipped``
     (each unscorable pair and why; they count as errors in ``accuracy_mean``),
-    ``n_pairs_with_fallback`` and ``scores`` ((N,), NaN where skipped).
+    ``n_pairs_with_fallback``, ``outside_fraction`` (:func:`scored_outside_fraction`) and
+    ``scores`` ((N,), NaN where skipped).
     """
     scores, skipped = score_pairs(embeddings, pairs, images.problems)
     if np.isnan(scores).all():
@@ -406,6 +407,7 @@ def measure_pairs(
         n_scored=int((~np.isnan(scores)).sum()),
         skipped=skipped,
         n_pairs_with_fallback=int(uses_fallback.sum()),
+        outside_fraction=scored_outside_fraction(pairs, images, scores),
         scores=scores,
     )
     if skipped:

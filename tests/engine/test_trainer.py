@@ -323,3 +323,14 @@ def test_channels_last_is_off_where_torch_cpu_would_corrupt_memory(pack, tmp_pat
     assert trainer.memory_format == torch.contiguous_format and len(losses) == 3
     wide = _cfg(pack, tmp_path, "model=iresnet18", "model.width=0.25", "head=softmax")
     assert build_trainer(wide, tmp_path / "wide")[0].memory_format == torch.channels_last
+
+
+def test_a_pack_aligned_with_other_settings_is_named_in_a_warning(pack, tmp_path, caplog):
+    cfg = _cfg(pack, tmp_path, "align.settings.border=replicate", "trainer.max_steps=1")
+    with caplog.at_level("WARNING"):
+        build_trainer(cfg, tmp_path / "run")
+    assert "border: pack 'constant', config 'replicate'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        build_trainer(_cfg(pack, tmp_path, "trainer.max_steps=1"), tmp_path / "run2")
+    assert "border" not in caplog.text  # the same border: not named

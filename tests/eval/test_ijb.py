@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,13 +19,21 @@ from face_rec.data.images import load_rgb
 from face_rec.eval import ijb, ijb_data
 from face_rec.eval import metrics as M
 from face_rec.eval.embed import embed_crops
-from face_rec.eval.ijb_cli import evaluate_ijb_from_config
-from face_rec.eval.ijb_data import MetaFormatError, extract_features, read_1n_csv, read_meta
+from face_rec.eval.ijb_cli import evaluate_ijb_from_config, sweep_value
+from face_rec.eval.ijb_data import (
+    MetaFormatError,
+    extract_features,
+    features_key,
+    model_identity,
+    read_1n_csv,
+    read_meta,
+)
 from face_rec.models.registry import create_model
 
 from ..conftest import REPO
 from .ijb_tree import (
     LANDMARKS,
+    OffGridDetector,
     face_image,
     insightface_tar,
     naive_nist,
@@ -293,20 +302,34 @@ def test_1n_csv_columns_by_header_and_errors(tmp_path):
         read_1n_csv(path)
 
 
+def test_1n_csv_with_a_byte_order_mark(tmp_path):
+    """A CSV saved by Excel & co. starts with a UTF-8 BOM: the header is still found."""
+    path = tmp_path / "g.csv"
+    path.write_bytes(b"\xef\xbb\xbfTEMPLATE_ID,SUBJECT_ID,FILENAME\n5,50,a.jpg\n6,60,b.jpg\n")
+    ids, subjects = read_1n_csv(path)
+    assert ids.tolist() == [5, 6] and subjects.tolist() == [50, 60]
+
+
 # ----------------------------------------------------------------------------- alignment
 
 
 def test_crop_is_the_alignment_stages_byte_for_byte(tmp_path):
+    """The alignment stage's crop (landmarks to the manifest's 3 decimals, then the warp);
+    landmarks given with 3 decimals are warped exactly as given."""
+    from face_rec.align.detect import Face
+    from face_rec.align.run import manifest_landmarks
+
     img = face_image(0)
     lm = LANDMARKS + np.random.default_rng(0).normal(0, 2, (5, 2))
     settings = AlignSettings()
     crop, reason = ijb_data.align_ijb_face(img, lm, settings)
     assert reason == ""
-    assert np.array_equal(crop, align_face(img, lm, 112))
-    from face_rec.align.detect import Face
-
     stage, _ = crop_face(img, Face(np.zeros(4), 0.5, lm), settings)
     assert np.array_equal(crop, stage)
+    three = manifest_landmarks(lm)  # as read from a file with 3 decimals: warped as given
+    assert not np.array_equal(three, lm)
+    assert np.array_equal(crop, align_face(img, three, 112))
+    assert np.array_equal(ijb_data.align_ijb_face(img, three, settings)[0], crop)
     bad, reason = ijb_data.align_ijb_face(img, np.zeros((5, 2)), settings)
     assert "degenerate" in reason and np.array_equal(bad, center_crop(img, 0.5, 112))
 
@@ -317,13 +340,42 @@ def test_crop_is_the_alignment_stages_byte_for_byte(tmp_path):
 def test_the_align_border_setting_reaches_the_warp():
     """A face near the image edge: the crop reads beyond the image, as align.settings.border
     says, exactly as the alignment stage warps it."""
+    from face_rec.align.run import manifest_landmarks
+
     img = face_image(1)
-    lm = LANDMARKS - 35
+    lm = manifest_landmarks(LANDMARKS - 35)  # 3 decimals, as a meta file gives them
     crops = {}
     for border in ("constant", "replicate"):
         crops[border], _ = ijb_data.align_ijb_face(img, lm, AlignSettings(border=border))
         assert np.array_equal(crops[border], align_face(img, lm, 112, border=border))
     assert not np.array_equal(crops["constant"], crops["replicate"])
+
+
+def test_the_manifests_landmarks_reproduce_the_packs_crops(tmp_path):
+    """A pack's crops are warped from the landmarks its manifest records (3 decimals), so a
+    tree built from the manifest (IJB's provided landmarks) gives the pack's crops byte for
+    byte; the detector's own points have more decimals (warping from them differed)."""
+    from PIL import Image
+
+    from face_rec.align.run import manifest_landmarks, run_alignment
+    from face_rec.data.pack import open_images, read_manifest
+
+    for k in range(6):
+        (tmp_path / "in" / f"id{k % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(face_image(20 + k)).save(tmp_path / "in" / f"id{k % 2}" / f"{k}.png")
+    run_alignment(tmp_path / "in", tmp_path / "pack", OffGridDetector, workers=0)
+    rows = read_manifest(tmp_path / "pack" / "manifest.csv")
+    pack = open_images(tmp_path / "pack")
+    assert [r["status"] for r in rows] == ["ok"] * 6
+    for r in rows:
+        img = load_rgb(tmp_path / "in" / r["source"])
+        raw = OffGridDetector.points(img)
+        recorded = np.array(r["landmarks"].split(), np.float64).reshape(5, 2)
+        crop, reason = ijb_data.align_ijb_face(img, recorded, AlignSettings())
+        assert reason == "" and np.array_equal(crop, pack[int(r["image_index"])])
+        assert np.array_equal(crop, align_face(img, recorded))
+        assert not np.array_equal(raw, recorded)  # the detector's points are off the grid
+        assert np.array_equal(manifest_landmarks(raw), recorded)
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -383,6 +435,70 @@ def test_extraction_resumes_after_a_kill(tmp_path, monkeypatch):
         np.concatenate([b[1] for b in store.blocks()]),
         atol=1e-6,
     )
+
+
+def test_the_feature_cache_key_follows_what_shapes_the_features(tmp_path):
+    """The key changes with the landmarks, the crop settings, the image list, an image file's
+    content (size, modification time), the model's weights and input preprocessing; not
+    with a detection-only setting."""
+    import dataclasses
+    import os
+
+    from face_rec.models.preprocess import InputAdapter, Preprocessing
+
+    root = _image_tree(tmp_path, 4)
+    meta = read_meta(root, "IJBC")
+    image_dir, names, lm = root / "loose_crop", meta.faces.names, meta.faces.landmarks
+    model = _small_model()
+    mid = model_identity(model)
+    settings = AlignSettings()
+
+    def key(model_id=mid, names=names, lm=lm, settings=settings, chunk=4):
+        return features_key(model_id, image_dir, names, lm, settings, chunk)
+
+    base = key()
+    assert key() == base  # deterministic
+    moved = lm.copy()
+    moved[2, 1, 0] += 0.001
+    changed = {
+        "landmarks": key(lm=moved),
+        "border": key(settings=AlignSettings(border="replicate")),
+        "size": key(settings=AlignSettings(size=96)),
+        "fallback": key(settings=AlignSettings(fallback_face_fraction=0.7)),
+        "image list": key(names=names[:3], lm=lm[:3]),
+        "image order": key(names=names[::-1], lm=lm[::-1]),
+        "chunking": key(chunk=3),
+    }
+    detection_only = dataclasses.replace(
+        settings,
+        batch_size=3,
+        max_detect_side=500,
+        retry_upscale=0.0,
+        retry_pad=0.0,
+        retry_border="constant",
+    )
+    assert key(settings=detection_only) == base  # no detection: same features
+    path = image_dir / names[1]
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    changed["image mtime"] = key()
+    path.write_bytes(path.read_bytes() + b"\0")  # another size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # the old mtime: size alone differs
+    changed["image size"] = key()
+    path.unlink()
+    changed["image missing"] = key()
+    other = _small_model()
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1e-3
+    changed["weights"] = key(model_id=model_identity(other))
+    rgb = InputAdapter(_small_model(), Preprocessing("RGB", (127.5,) * 3, (127.5,) * 3))
+    bgr = InputAdapter(_small_model(), Preprocessing("BGR", (127.5,) * 3, (127.5,) * 3))
+    assert repr(rgb) == repr(bgr)  # the colour order is neither in the repr nor a buffer
+    changed["preprocessing"] = key(model_id=model_identity(bgr))
+    assert key(model_id=model_identity(rgb)) != changed["preprocessing"]
+    for what, value in changed.items():
+        assert value != base, what
+    assert len(set(changed.values())) == len(changed)
 
 
 def test_bad_images_are_counted_and_their_pairs_reported(tmp_path):
@@ -609,6 +725,32 @@ def test_cli_without_1n_files_says_so(tmp_path):
         evaluate_ijb_from_config(_cfg(tmp_path, root, "eval.flip=false"), tmp_path / "o2")
 
 
+def test_sweepers_get_a_number(tmp_path, caplog):
+    """eval_ijb.py returns TAR@FAR 1e-4 (insightface's reading); NaN and a warning saying why
+    where the pairs cannot resolve it, never None."""
+    import logging
+    import math
+
+    root = _image_tree(tmp_path, 4)  # 6 pairs: FAR 1e-4 is unresolvable
+    m = evaluate_ijb_from_config(_cfg(tmp_path, root), tmp_path / "out")
+    assert m["verification"]["tar_at_far"]["1e-4"] is None
+    with caplog.at_level(logging.WARNING, logger="face_rec.eval.ijb_cli"):
+        value = sweep_value(m)
+    assert math.isnan(value)
+    assert "NaN" in caplog.text and "impostor pairs" in caplog.text
+    resolved = {"verification": {"tar_at_far": {"1e-4": 0.875}}}
+    assert sweep_value(resolved) == 0.875
+
+
+def test_the_config_states_the_image_folder_once(tmp_path):
+    """No data node beside root: the images are <root>/loose_crop; the two values that
+    align/default.yaml reads from data.* are set on align directly."""
+    cfg = _cfg(tmp_path, tmp_path / "IJB")
+    assert "data" not in cfg
+    assert cfg.align.settings.fallback_face_fraction == 0.5
+    assert cfg.align.detector.min_face_size == 20
+
+
 # ----------------------------------------------------------------------------- real data
 
 
@@ -665,13 +807,141 @@ def test_celeba299_as_an_ijb_tree(celeba_root, tmp_path):
     assert ident["merged"]["n_probes"] == 4 and ident["merged"]["n_gallery"] == 4
     for f in ("metrics.json", "roc.png", "config.yaml"):
         assert (tmp_path / "out" / f).is_file()
-    # the crop from the meta file's landmarks is the pack's crop (landmarks kept to 3 decimals)
+    # the crop from the meta file's landmarks is the pack's crop, byte for byte: the pack was
+    # warped from the landmarks rounded as its manifest (and so the meta file) records them
     pack = open_images(tmp_path / "pack")
     meta = read_meta(root, "IJBC")
-    for r, (name, _, _) in list(zip(ok, faces, strict=True))[:5]:
+    for r, (name, _, _) in zip(ok, faces, strict=True):
         k = meta.faces.names.index(name)
         crop, _ = ijb_data.align_ijb_face(
             load_rgb(root / "loose_crop" / name), meta.faces.landmarks[k], AlignSettings()
         )
-        diff = np.abs(crop.astype(int) - pack[int(r["image_index"])])
-        assert diff.max() <= 2 and diff.mean() < 0.1, (diff.max(), diff.mean())
+        assert np.array_equal(crop, pack[int(r["image_index"])]), name
+
+
+@pytest.mark.realdata
+def test_one_image_templates_score_as_the_eval_lfw_command(lfw_root, tmp_path):
+    """The judging point, through both commands' library functions: LFW pairs scored by
+    eval_lfw.py (a CSV pair list; MTCNN alignment into eval.cache_dir) and by eval_ijb.py on an
+    IJB tree of the same images (one image per template, faceness 1, the landmarks of the pack
+    eval_lfw made) with the same pair file and the same seeded random-init model: the same
+    crops, scores to ~1e-6 (float64 template sums vs float32), equal AUC and TAR@FAR. The 100
+    impostor pairs make every resolvable FAR a whole number of false accepts, where the two
+    commands' TAR readings coincide (see face_rec.eval.ijb's docstring)."""
+    from face_rec.data.pack import open_images, read_manifest
+    from face_rec.eval.cli import build_model, evaluate_from_config
+
+    people = []
+    for person in sorted((lfw_root / "images").iterdir()):
+        files = sorted(person.glob("*.jpg")) if person.is_dir() else []
+        if len(files) >= 2:
+            people.append([f.relative_to(lfw_root / "images").as_posix() for f in files[:2]])
+        if len(people) == 25:
+            break
+    pairs = [(a, b, 1) for a, b in people]
+    for k in range(100):  # image 0 of person p with image 1 of person p + 1 ... p + 4
+        p, q = k % 25, (k % 25 + 1 + k // 25) % 25
+        pairs.append((people[p][0], people[q][1], 0))
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text("path_a,path_b,same\n" + "".join(f"{a},{b},{y}\n" for a, b, y in pairs))
+    model_args = ["model=mobilefacenet", "model.input_size=32", "model.embedding_dim=16"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        lfw_cfg = compose(
+            "eval_lfw",
+            overrides=[
+                f"pairs={csv_path}",
+                f"image_root={lfw_root / 'images'}",
+                "calibration_pairs=null",
+                f"paths.pack_dir={tmp_path}/packs",
+                f"eval.cache_dir={tmp_path}/pairs",
+                "eval.device=cpu",
+                "eval.batch_size=16",
+                "eval.n_bootstrap=10",
+                "eval.seed=3",
+                "align.workers=0",
+                *model_args,
+            ],
+        )
+    lfw = evaluate_from_config(lfw_cfg, tmp_path / "lfw_out")
+
+    (manifest,) = (tmp_path / "pairs").glob("*/manifest.csv")  # the pack eval_lfw aligned into
+    rows = {r["source"]: r for r in read_manifest(manifest)}
+    not_ok = {s: r["reason"] for s, r in rows.items() if r["status"] != "ok"}
+    assert not not_ok, f"MTCNN missed faces; choose other images: {not_ok}"
+    root = tmp_path / "IJBC"
+    (root / "loose_crop").mkdir(parents=True)
+    sources = sorted(rows)
+    tid = {src: k + 1 for k, src in enumerate(sources)}
+    faces = []
+    for src in sources:
+        name = src.replace("/", "_")
+        (root / "loose_crop" / name).symlink_to(lfw_root / "images" / src)
+        faces.append((name, np.array(rows[src]["landmarks"].split(), float).reshape(5, 2), 1.0))
+    lines = [(name, tid[src], tid[src]) for (name, _, _), src in zip(faces, sources, strict=True)]
+    ijb_pairs = [(tid[a], tid[b], y) for a, b, y in pairs]
+    write_tree(root, "IJBC", {}, faces, lines, ijb_pairs)
+    ijb_cfg = _cfg(
+        tmp_path, root, "save_scores=true", "identification=false", "eval.seed=3", *model_args
+    )
+    a, b = build_model(lfw_cfg).state_dict(), build_model(ijb_cfg).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same seeded random init
+    ijb_m = evaluate_ijb_from_config(ijb_cfg, tmp_path / "ijb_out")
+
+    pack = open_images(manifest.parent)  # the same crops
+    for (name, lm, _), src in zip(faces, sources, strict=True):
+        crop, _ = ijb_data.align_ijb_face(load_rgb(root / "loose_crop" / name), lm, AlignSettings())
+        assert np.array_equal(crop, pack[int(rows[src]["image_index"])]), src
+    v = ijb_m["verification"]
+    assert v["n_scored"] == len(pairs) == lfw["n_scored"] and v["n_negative"] == 100
+    ijb_scores = np.load(tmp_path / "ijb_out" / "scores.npy")
+    np.testing.assert_allclose(ijb_scores, lfw["scores"], atol=1e-6, rtol=0)
+    assert np.ptp(lfw["scores"]) > 1e-3  # scores spread far beyond the float32 / 64 gap
+    assert v["auc"] == lfw["auc"]
+    shared = set(v["tar_at_far"]) & set(lfw["tar_at_far"])
+    assert shared == {"1e-1", "1e-2", "1e-3"}
+    for key in shared:
+        assert v["tar_at_far"][key] == lfw["tar_at_far"][key], key
+    assert sum(lfw["tar_at_far"][k] is not None for k in shared) == 2  # 1e-3: both None
+
+
+def test_the_real_path_benchmark_runs_the_commands_steps(tmp_path):
+    """benchmarks/ijb_scoring.py --real-path at 2,000 faces: the tree and feature chunks it
+    writes are read by the command's own functions in a child process, whose per-step times and
+    peak RSS are reported; the figures equal those computed here from the same tree."""
+    import os
+    import subprocess
+    import sys
+
+    from face_rec.eval.ijb_cli import templates, verify
+    from face_rec.eval.ijb_data import open_features
+
+    report_path = tmp_path / "report.json"
+    cmd = [
+        sys.executable, str(REPO / "benchmarks" / "ijb_scoring.py"), "--real-path",
+        "--faces", "2000", "--templates", "120", "--pairs", "30000", "--dim", "16",
+        "--tmp-dir", str(tmp_path), "--keep", "--json", str(report_path),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| verify (pair scoring, ROC, AUC, EER, TAR@FAR) |" in done.stdout
+    report = json.loads(report_path.read_text())
+    assert report["n_faces"] == 2000 and report["n_templates"] == 120
+    assert report["n_pairs"] == 30000 == report["n_scored"]
+    steps = report["steps"]
+    assert len(steps) == 7 and all(v["s"] >= 0 for v in steps.values())
+    assert any("np.loadtxt" in k for k in steps)
+    rss = [v["peak_rss_mb"] for v in steps.values()]
+    assert 0 < report["rss_after_imports_mb"] <= min(rss) <= max(rss) <= report["peak_rss_mb"]
+    assert report["child_peak_rss_mb"] >= report["peak_rss_mb"]
+    root = Path(report["tree"]["root"])
+    meta = read_meta(root, "IJBC")
+    assert len(meta.faces.names) == 2000 and len(meta.pairs.t1) == 30000
+    assert len(np.unique(meta.rows.template)) == 120
+    assert len(list((root / "features").glob("chunk-*.npz"))) == 1  # 2,000 < 4,096 faces
+    faces = np.arange(2000)
+    store = open_features(root / "features", 2000, report["tree"]["chunk_size"])
+    assert store.ok.all()
+    layout, feats, usable, n_images, norms = templates(meta, faces, store, ijb.TemplateSwitches())
+    ours, _, _ = verify(meta.pairs, layout, feats, usable, n_images, norms)
+    assert ours["auc"] == pytest.approx(report["auc"], abs=1e-12)

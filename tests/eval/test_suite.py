@@ -129,6 +129,7 @@ def test_training_validates_every_set_and_selects_apart(pack, tmp_path):  # noqa
     assert m["val"] == m["val_sets"]["lfw"]  # the first set is the run's headline
     for name, s in m["val_sets"].items():
         assert m[f"val/{name}/accuracy"] == s["accuracy_mean"] and s["n_pairs"] == 20
+        assert s["outside_fraction"]["n_known"] == 0  # a .bin holds crops only: unknown
     assert m["val/mean_accuracy"] == pytest.approx(
         np.mean([s["accuracy_mean"] for s in m["val_sets"].values()])
     )
