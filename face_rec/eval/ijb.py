@@ -13,8 +13,10 @@ use_detector_score = True``), per image i of a template, then per media m, then 
                                      "N1", arcface_torch: the published numbers)
     g_i = w_i g_i                    weights=faceness: w_i = the detector's faceness score
                                      (insightface "D1", arcface_torch, FaceX-Zoo);
-                                     weights=none: w_i = 1. w is a per-image array
-                                     (:func:`image_weights`): a quality score fits there
+                                     weights=none: w_i = 1. weights=quality: w_i = the
+                                     image's feature norm ||f(x) + f(flip x)|| (AdaFace /
+                                     MagFace quality; with norm=l2 it replaces the raw
+                                     norm's weighting, with norm=keep it squares it)
     media_m = mean of g_i over the usable images of m   (a video's frames count as one)
     template = sum of media_m over its media, then L2-normalised; score = cosine
 
@@ -52,7 +54,11 @@ import numpy as np
 from face_rec.eval import metrics as M
 
 IJB_FARS = {f"1e-{k}": 10.0**-k for k in (6, 5, 4, 3, 2, 1)}
-_CHOICES = {"flip": ("add", "off"), "norm": ("keep", "l2"), "weights": ("faceness", "none")}
+_CHOICES = {
+    "flip": ("add", "off"),
+    "norm": ("keep", "l2"),
+    "weights": ("faceness", "none", "quality"),
+}
 #: score-matrix bytes one pair-scoring block may hold
 SCORE_BLOCK_BYTES = 256 << 20
 
@@ -67,7 +73,7 @@ class TemplateSwitches:
 
     flip: Literal["add", "off"] = "add"
     norm: Literal["keep", "l2"] = "keep"
-    weights: Literal["faceness", "none"] = "faceness"
+    weights: Literal["faceness", "none", "quality"] = "faceness"
 
     def __post_init__(self) -> None:
         for name, choices in _CHOICES.items():
@@ -79,14 +85,18 @@ class TemplateSwitches:
     def formula(self) -> str:
         g = "f(x)+f(flip x)" if self.flip == "add" else "f(x)"
         g = f"l2({g})" if self.norm == "l2" else g
+        q = "||f(x)+f(flip x)||" if self.flip == "add" else "||f(x)||"
         g = f"faceness*({g})" if self.weights == "faceness" else g
+        g = f"{q}*({g})" if self.weights == "quality" else g
         return f"template = l2(sum over media(mean over images({g}))); score = cosine"
 
 
 def image_weights(
     faceness: np.ndarray, switches: TemplateSwitches, quality: np.ndarray | None = None
 ) -> np.ndarray:
-    """Per-image weights (N,) float64: faceness (N,), ones, or a given ``quality`` (N,)."""
+    """Per-image weights (N,) float64: faceness (N,), ones, or a given ``quality`` (N,).
+    ``weights=quality`` gives ones here: :func:`image_inputs` multiplies by each image's
+    feature norm, read from the features themselves."""
     if quality is not None:
         return np.asarray(quality, np.float64)
     faceness = np.asarray(faceness, np.float64)
@@ -147,14 +157,17 @@ def aggregation_matrix(layout: TemplateLayout, image_ok: np.ndarray):
 def image_inputs(
     x: np.ndarray, xf: np.ndarray | None, weights: np.ndarray, switches: TemplateSwitches
 ) -> np.ndarray:
-    """Per-image inputs g (n, D) float64 from raw f(x), f(flip x) (n, D) and weights (n,)."""
+    """Per-image inputs g (n, D) float64 from raw f(x), f(flip x) (n, D) and weights (n,);
+    ``weights=quality``: each also times its feature norm (the quality score of AdaFace /
+    MagFace models, where no detector score exists), after any L2 normalisation."""
     g = np.asarray(x, np.float64)
     if switches.flip == "add":
         g = g + np.asarray(xf, np.float64)
+    norm = np.linalg.norm(g, axis=1, keepdims=True)
     if switches.norm == "l2":
-        norm = np.linalg.norm(g, axis=1, keepdims=True)
         g = np.divide(g, norm, out=np.zeros_like(g), where=norm > 0)
-    return g * np.asarray(weights, np.float64)[:, None]
+    w = np.asarray(weights, np.float64)[:, None]
+    return g * (w * norm if switches.weights == "quality" else w)
 
 
 def array_blocks(

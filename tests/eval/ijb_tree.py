@@ -97,9 +97,10 @@ def naive_templates(x, xf, faceness, templates, media, images, ok, switches):
                 if i < 0 or not ok[i]:
                     continue
                 g = x[i].astype(np.float64) + (xf[i] if switches.flip == "add" else 0)
+                quality = np.linalg.norm(g)  # the feature norm, before any normalisation
                 if switches.norm == "l2":
                     g = g / np.linalg.norm(g)
-                w = faceness[i] if switches.weights == "faceness" else 1.0
+                w = {"faceness": faceness[i], "none": 1.0, "quality": quality}[switches.weights]
                 feats.append(w * g)
             if feats:
                 media_feats.append(np.mean(feats, axis=0))

@@ -44,7 +44,7 @@ from .ijb_tree import (
 SWITCHES = [
     ijb.TemplateSwitches(flip, norm, weights)
     for flip, norm, weights in itertools.product(
-        ("add", "off"), ("keep", "l2"), ("faceness", "none")
+        ("add", "off"), ("keep", "l2"), ("faceness", "none", "quality")
     )
 ]
 
