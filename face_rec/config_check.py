@@ -161,6 +161,7 @@ class DataConfig:
     limit: int | None
     min_face_size: int
     fallback_face_fraction: float
+    tight_dir: Path | None  # conf/data/lfw.yaml: python -m face_rec.data.tight_crop's output
 
 
 @dataclass
@@ -261,6 +262,7 @@ class ValSetConfig:
     pairs: Path
     calibration_pairs: Path | None
     image_root: Path | None
+    build: str | None  # the command that makes a missing ``pairs`` (conf/val/lfw_tight.yaml)
 
 
 @dataclass

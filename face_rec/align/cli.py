@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from face_rec.align.run import run_alignment
 from face_rec.config_check import check_config
+from face_rec.data.pack import TIGHT_OVER
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,11 @@ def align_from_config(cfg: DictConfig) -> dict:
     )
     outside = summary.get("outside_fraction") or {}
     if outside.get("n_known"):
+        over = outside[f"fraction_over_{TIGHT_OVER:g}"]  # the key outside_stats writes
         print(
             f"crop area outside the source images (border-filled, align.settings.border="
             f"{summary['settings']['border']}): mean {outside['mean']:.1%}, median "
-            f"{outside['median']:.1%}, {outside['fraction_over_0.1']:.0%} of crops over 10%"
+            f"{outside['median']:.1%}, {over:.0%} of crops over {TIGHT_OVER:.0%}"
         )
     for warning in summary.get("warnings", []):
         print(f"WARNING: {warning}")

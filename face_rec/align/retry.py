@@ -4,11 +4,20 @@ MTCNN finds nothing in an image whose shorter side is below its ``min_face_size`
 pyramid is empty), and often misses a face that fills the whole frame (its boxes need some
 context). An image without a confident face is therefore detected again on copies: first
 upscaled by an integer factor when it is small (so its shorter side reaches ``upscale`` x the
-detector's minimum face size), then also padded on every side by ``pad`` x its height / width
-with the warp's border mode. Landmarks and boxes found on a copy are mapped back to the source
-image's pixels exactly: the copy's pixel centre ``v`` sits at ``(v - offset) / s`` in the source,
-``offset = (s - 1) / 2 + pad_pixels`` (pixel centres at integers, as everywhere in
-:mod:`face_rec.align.warp`).
+detector's minimum face size), then also padded on every side by ``pad`` x its height / width,
+the padding filled by its own border mode (``AlignSettings.retry_border``, detection only; the
+crop is still warped with ``AlignSettings.border``). Landmarks and boxes found on a copy are
+mapped back to the source image's pixels exactly: the copy's pixel centre ``v`` sits at
+``(v - offset) / s`` in the source, ``offset = (s - 1) / 2 + pad_pixels`` (pixel centres at
+integers, as everywhere in :mod:`face_rec.align.warp`).
+
+A large image is detected on a box-reduced copy (``max_detect_side``), where a face that is
+small in it falls below ``min_face_size`` (a 100 px face in a 4000 px photo reduced 4x is 25 px).
+Before the copies above, such an image is detected again at full resolution
+(:func:`full_resolution_window`): the whole image when its longer side is at most
+:data:`FULL_RES_MAX_FACTOR` x ``max_detect_side``, else its central window of that side (the
+face a photo is about is central; the memory of one detection stays bounded). A face found
+there is shifted back by the window's corner, exactly.
 """
 
 from __future__ import annotations
@@ -21,6 +30,9 @@ import numpy as np
 
 from face_rec.align.detect import Face
 from face_rec.align.warp import NP_PAD_MODES, check_border, warp_affine
+
+#: the full-resolution retry reads at most this x ``max_detect_side`` pixels along each side
+FULL_RES_MAX_FACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -102,3 +114,45 @@ def better(new: Face | str | None, old: Face | str | None) -> bool:
     if not isinstance(new, Face):
         return False
     return new.confident or old is None
+
+
+@dataclass(frozen=True)
+class Window:
+    """The part of a source image detected at full resolution: rows ``y0:y1``, columns
+    ``x0:x1``."""
+
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+    label: str  #: recorded in ``Face.retry`` and the manifest's ``detect_retry``
+
+
+def full_resolution_window(
+    image_hw: tuple[int, int], max_detect_side: int, max_factor: int = FULL_RES_MAX_FACTOR
+) -> Window:
+    """The full-resolution retry of an (H, W) image reduced for detection: the whole image
+    (label ``full resolution``) when both sides are within ``max_factor`` x
+    ``max_detect_side``, else its central window of at most that side each way (label
+    ``full resolution, centre``)."""
+    h, w = (int(v) for v in image_hw)
+    cap = int(max_factor * max_detect_side)
+    wh, ww = min(h, cap), min(w, cap)
+    y0, x0 = (h - wh) // 2, (w - ww) // 2
+    label = "full resolution" if (wh, ww) == (h, w) else "full resolution, centre"
+    return Window(y0, x0, y0 + wh, x0 + ww, label)
+
+
+def window_image(image: np.ndarray, window: Window) -> np.ndarray:
+    """The (y1 - y0, x1 - x0, C) part of (H, W, C) ``image`` that ``window`` names (a view)."""
+    return image[window.y0 : window.y1, window.x0 : window.x1]
+
+
+def map_back_window(face: Face | str | None, window: Window) -> Face | str | None:
+    """A face found on ``window``'s part of an image, in the image's pixels, labelled with it."""
+    if not isinstance(face, Face):
+        return face
+    corner = np.array([window.x0, window.y0], float)
+    landmarks = np.asarray(face.landmarks, float) + corner
+    box = np.asarray(face.box, float) + np.tile(corner, 2)
+    return dataclasses.replace(face, box=box, landmarks=landmarks, retry=window.label)

@@ -27,7 +27,16 @@ import numpy as np
 from tqdm import tqdm
 
 from face_rec.align.detect import Face, FaceDetector
-from face_rec.align.retry import better, map_back, needs_retry, plan_retries, retry_image
+from face_rec.align.retry import (
+    better,
+    full_resolution_window,
+    map_back,
+    map_back_window,
+    needs_retry,
+    plan_retries,
+    retry_image,
+    window_image,
+)
 from face_rec.align.sheets import write_contact_sheets
 from face_rec.align.warp import (
     DegenerateLandmarksError,
@@ -59,7 +68,11 @@ log = logging.getLogger(__name__)
 PARTS_DIR = ".parts"
 #: bump when a code change alters the crops: packs made by other code are then rebuilt
 #: (4: outside_fraction and detect_retry columns; undetected images retried upscaled / padded)
-ALIGN_VERSION = 4
+#: (5: crops warped from the landmarks rounded to the manifest's precision; box_reduce keeps the
+#: ragged edge (replicated), no invented border; images reduced for detection retried at full
+#: resolution)
+ALIGN_VERSION = 5
+LANDMARK_DECIMALS = 3  #: decimals of the manifest's landmarks (the crop is warped from them)
 THUMB = 112  # side of the source thumbnails kept for the fallback contact sheet
 CHUNK_SIZE = 128  #: default files per chunk (a resumable part; detected together by size)
 
@@ -75,7 +88,8 @@ class AlignSettings:
     #: what the warp reads beyond the source image: constant (black), replicate, reflect
     border: str = "constant"
     #: an image without a confident face is detected again upscaled (integer factor) until its
-    #: shorter side reaches this x the detector's min_face_size; 0: never upscale
+    #: shorter side reaches this x the detector's min_face_size; one reduced for detection
+    #: (max_detect_side) is first detected again at full resolution; 0: neither
     retry_upscale: float = 2.0
     #: ... and then padded by this fraction of its height / width per side; 0: no padded retry
     retry_pad: float = 0.25
@@ -182,11 +196,12 @@ def align_chunk(
     for img, face, row in zip(images, faces, rows, strict=True):
         if img is None:
             continue
+        face = as_recorded(face)  # warp from the landmarks the manifest records
         crop = make_crop(img, face, settings)
         reason = crop.reason
         if isinstance(face, Face):
             row["det_prob"] = f"{face.prob:.6f}"
-            row["landmarks"] = " ".join(f"{v:.3f}" for v in face.landmarks.reshape(-1))
+            row["landmarks"] = format_landmarks(face.landmarks)
             row["box"] = " ".join(f"{v:.2f}" for v in face.box)
             row["detect_retry"] = face.retry
         row["status"] = "fallback" if reason else "ok"
@@ -203,41 +218,102 @@ def align_chunk(
     )
 
 
+def format_landmarks(landmarks: np.ndarray) -> str:
+    """The manifest's ``landmarks`` field: (5, 2) points as ``x1 y1 ... x5 y5``, 3 decimals."""
+    return " ".join(f"{v:.{LANDMARK_DECIMALS}f}" for v in np.asarray(landmarks).reshape(-1))
+
+
+def manifest_landmarks(landmarks: np.ndarray) -> np.ndarray:
+    """``landmarks`` (5, 2) rounded as the manifest stores them (:func:`format_landmarks`), as
+    float64: exactly the values read back from the manifest. The crop is warped from these, so
+    re-cropping from a pack's manifest (an IJB tree, a re-alignment) gives the pack's crop byte
+    for byte."""
+    return np.array(format_landmarks(landmarks).split(), np.float64).reshape(np.shape(landmarks))
+
+
+def as_recorded(face: Face | str | None) -> Face | str | None:
+    """A face with its landmarks rounded as the manifest records them
+    (:func:`manifest_landmarks`); a message or None as it is. The alignment job and
+    :func:`crop_face` warp from these."""
+    if not isinstance(face, Face):
+        return face
+    return dataclasses.replace(face, landmarks=manifest_landmarks(face.landmarks))
+
+
 def detect_all(
     images: list[np.ndarray | None], detector: FaceDetector, settings: AlignSettings
 ) -> list[Face | str | None]:
     """One entry per image: a Face, None (no face), or an error message. Batches similar sizes.
 
-    An image without a confident face is detected again on upscaled and/or padded copies
-    (:mod:`face_rec.align.retry`, ``settings.retry_upscale`` / ``retry_pad``); a face found
-    there is mapped back to the image's pixels and says which copy found it (``Face.retry``).
-    Only a detector that declares its ``min_face_size`` (:class:`FaceDetector` does) is retried:
-    the retries answer that limit.
+    An image larger than ``settings.max_detect_side`` is detected on a box-reduced copy. An image
+    without a confident face is detected again (:mod:`face_rec.align.retry`): first, when it was
+    reduced, at full resolution (its central window when it is very large,
+    :func:`~face_rec.align.retry.full_resolution_window`), then on upscaled and/or padded copies
+    of the detection image (``settings.retry_upscale`` / ``retry_pad``); a face found there is
+    mapped back to the image's pixels and says which copy found it (``Face.retry``). Only a
+    detector that declares its ``min_face_size`` (:class:`FaceDetector` does) is retried: the
+    retries answer that limit.
     """
     small: dict[int, tuple[np.ndarray, int]] = {}
     for i, img in enumerate(images):
         if img is None:
             continue
-        k = int(np.ceil(max(img.shape[:2]) / settings.max_detect_side))
-        det = img if k <= 1 else np.rint(box_reduce(img, k)).astype(np.uint8)
-        small[i] = (det, max(k, 1))
-    found = _detect_grouped(detector, {i: det for i, (det, _) in small.items()}, settings)
+        k = max(int(np.ceil(max(img.shape[:2]) / settings.max_detect_side)), 1)
+        det = img if k == 1 else np.rint(box_reduce(img, k)).astype(np.uint8)
+        small[i] = (det, k)
+    first = _detect_grouped(
+        detector, {i: det for i, (det, _) in small.items()}, settings.batch_size
+    )
+    found = {i: _rescale(face, small[i][1]) for i, face in first.items()}
     if getattr(detector, "min_face_size", None) is not None:
-        _retry(found, {i: det for i, (det, _) in small.items()}, detector, settings)
+        if settings.retry_upscale > 0:
+            _retry_full_resolution(
+                found, images, {i: k for i, (_, k) in small.items()}, detector, settings
+            )
+        _retry(found, small, detector, settings)
     out: list[Face | str | None] = [None] * len(images)
     for i, face in found.items():
-        out[i] = _rescale(face, small[i][1])
+        out[i] = face
     return out
+
+
+def _retry_full_resolution(
+    found: dict[int, Face | str | None],
+    images: list[np.ndarray | None],
+    factors: dict[int, int],
+    detector: FaceDetector,
+    settings: AlignSettings,
+) -> None:
+    """Detect the images that were reduced for detection (``factors`` k > 1) and have no
+    confident face in ``found`` again at full resolution (a very large one: its central window,
+    :func:`~face_rec.align.retry.full_resolution_window`); update ``found`` in place. Each holds
+    about k^2 times the pixels of its detection image, so they go in batches of
+    ``batch_size // k^2`` (at least 1): a batch holds about as many pixels as a first-pass one."""
+    todo = {i: k for i, k in factors.items() if k > 1 and needs_retry(found[i])}
+    for k in sorted(set(todo.values())):
+        windows = {
+            i: full_resolution_window(images[i].shape[:2], settings.max_detect_side)
+            for i, ki in todo.items()
+            if ki == k
+        }
+        copies = {i: window_image(images[i], w) for i, w in windows.items()}
+        batch = max(settings.batch_size // k**2, 1)
+        for i, face in _detect_grouped(detector, copies, batch).items():
+            face = map_back_window(face, windows[i])
+            if better(face, found[i]):
+                found[i] = face
 
 
 def _retry(
     found: dict[int, Face | str | None],
-    images: dict[int, np.ndarray],
+    images: dict[int, tuple[np.ndarray, int]],
     detector: FaceDetector,
     settings: AlignSettings,
 ) -> None:
-    """Detect the ``images`` without a confident face in ``found`` again, stage by stage on the
-    copies :func:`~face_rec.align.retry.plan_retries` lists; update ``found`` in place."""
+    """Detect the ``images`` (index -> (detection image, its reduction factor k)) without a
+    confident face in ``found`` again, stage by stage on the copies of the detection image
+    :func:`~face_rec.align.retry.plan_retries` lists; update ``found`` (source-image pixels) in
+    place."""
     plans = {
         i: plan_retries(
             img.shape[:2],
@@ -246,28 +322,29 @@ def _retry(
             settings.retry_pad,
             settings.max_detect_side,
         )
-        for i, img in images.items()
+        for i, (img, _) in images.items()
     }
     for stage in range(max((len(p) for p in plans.values()), default=0)):
         todo = {i: p[stage] for i, p in plans.items() if len(p) > stage and needs_retry(found[i])}
-        copies = {i: retry_image(images[i], r, settings.retry_border) for i, r in todo.items()}
-        for i, face in _detect_grouped(detector, copies, settings).items():
-            face = map_back(face, todo[i])
+        copies = {i: retry_image(images[i][0], r, settings.retry_border) for i, r in todo.items()}
+        for i, face in _detect_grouped(detector, copies, settings.batch_size).items():
+            face = _rescale(map_back(face, todo[i]), images[i][1])
             if better(face, found[i]):
                 found[i] = face
 
 
 def _detect_grouped(
-    detector: FaceDetector, images: dict[int, np.ndarray], settings: AlignSettings
+    detector: FaceDetector, images: dict[int, np.ndarray], batch_size: int
 ) -> dict[int, Face | str | None]:
-    """Detect ``images`` (index -> (H, W, 3) uint8) in batches of similar sizes."""
+    """Detect ``images`` (index -> (H, W, 3) uint8) in batches of similar sizes, at most
+    ``batch_size`` each."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, img in images.items():
         groups.setdefault(_bucket(img.shape), []).append(i)
     out: dict[int, Face | str | None] = {}
     for _, idx in sorted(groups.items()):
-        for s in range(0, len(idx), settings.batch_size):
-            batch = idx[s : s + settings.batch_size]
+        for s in range(0, len(idx), batch_size):
+            batch = idx[s : s + batch_size]
             faces = _detect_batch(detector, [images[i] for i in batch])
             out.update(zip(batch, faces, strict=True))
     return out
@@ -330,8 +407,12 @@ def make_crop(img: np.ndarray, face: Face | str | None, settings: AlignSettings)
 def crop_face(
     img: np.ndarray, face: Face | str | None, settings: AlignSettings
 ) -> tuple[np.ndarray, str]:
-    """The aligned crop and '' , or the fallback centre crop and why (:func:`make_crop`)."""
-    crop = make_crop(img, face, settings)
+    """The alignment stage's crop of ``face`` in (H, W, 3) ``img``: the aligned crop (S, S, 3)
+    and '', or the fallback centre crop and why. As the alignment job does, the landmarks are
+    first rounded as its manifest records them (:func:`as_recorded`, 3 decimals), so this is
+    the pack's crop byte for byte, and a crop made from a manifest's landmarks is too
+    (:func:`make_crop` warps the points exactly as given)."""
+    crop = make_crop(img, as_recorded(face), settings)
     return crop.image, crop.reason
 
 

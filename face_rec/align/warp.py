@@ -211,13 +211,24 @@ def _bilinear_indexed(image: np.ndarray, sx: np.ndarray, sy: np.ndarray, border:
 def box_reduce(image: np.ndarray, k: int) -> np.ndarray:
     """Shrink (H, W, C) ``image`` by an integer factor ``k`` with a box filter (float32 out).
 
-    Pixel centre q of the result sits at ``k * q + (k - 1) / 2`` in the input; a ragged bottom or
-    right edge of fewer than ``k`` pixels is dropped.
+    Returns (ceil(H / k), ceil(W / k), C); pixel centre q of the result sits at
+    ``k * q + (k - 1) / 2`` in the input. A ragged bottom or right edge (H or W not a multiple of
+    ``k``) is first extended by replicating the last row / column (``np.pad`` ``'edge'``): the
+    partial last block is kept with the image's edge colour, so the result covers the whole
+    image and a crop of the whole image reads no border (dropping the partial block invented a
+    dark rim there).
     """
     h, w, c = image.shape
-    hk, wk = h // k, w // k
-    view = image[: hk * k, : wk * k].reshape(hk, k, wk, k, c)
-    return view.mean(axis=(1, 3), dtype=np.float32)
+    pad_h, pad_w = -h % k, -w % k
+    if pad_h or pad_w:
+        image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    hk, wk = reduced_shape((h, w), k)
+    return image.reshape(hk, k, wk, k, c).mean(axis=(1, 3), dtype=np.float32)
+
+
+def reduced_shape(image_hw: tuple[int, int], k: int) -> tuple[int, int]:
+    """(height, width) of :func:`box_reduce` of an (H, W) image: (ceil(H / k), ceil(W / k))."""
+    return -(-int(image_hw[0]) // k), -(-int(image_hw[1]) // k)
 
 
 def reduction(image_hw: tuple[int, int], matrix: np.ndarray) -> tuple[int, np.ndarray]:
@@ -268,10 +279,12 @@ def outside_fraction(image_hw: tuple[int, int], matrix: np.ndarray, size: int) -
     """Fraction of the ``size`` x ``size`` crop :func:`warp_similarity` makes from an image of
     ``image_hw`` (H, W) with the similarity ``matrix`` (2, 3) that lies outside the image
     (:func:`outside_mask`, on the box-reduced image where the warp reduces): 0 for a crop
-    wholly inside, 1 for one wholly outside. The border mode decides what fills that part."""
+    wholly inside, 1 for one wholly outside. The border mode decides what fills that part.
+    On the reduced path a sample within the ragged edge's replicated part (less than half a
+    reduced pixel beyond the image) is inside: it reads the image's edge, as the warp does."""
     k, reduced = reduction(image_hw, matrix)
     if k > 1:
-        image_hw, matrix = (image_hw[0] // k, image_hw[1] // k), reduced
+        image_hw, matrix = reduced_shape(image_hw, k), reduced
     return float(outside_mask(image_hw, matrix, size).mean())
 
 

@@ -9,6 +9,18 @@ Crop conditions (off by default): a tight-crop simulation (the part of the crop 
 rectangle around the face is replaced by what the warp's border mode would put there had the
 source photo been cropped to that rectangle) and low resolution (down- and upscaled, as a tiny
 source is by the warp). Both run first, on the crop as it comes from the pack.
+
+Margins have one unit everywhere, the tight-crop builder's (:mod:`face_rec.data.tight_crop`,
+``--margin``): the fraction of the face box's width / height added on each side (negative cuts
+into the box). A side at margin ``m`` lies at the box's half-size x ``(1 + 2 m)`` from its centre.
+
+Border: ``tight_border`` (the warp's ``align.settings.border``) fills both the tight crop's
+outside and the strip a shift uncovers (``grid_sample``'s ``padding_mode``, :data:`GRID_PADDING`):
+constant -> ``zeros``, replicate -> ``border`` (the same as the warp's), reflect ->
+``reflection``. ``grid_sample``'s reflection (``align_corners=False``) mirrors about the image's
+outer edge, so the edge pixel is repeated (``np.pad`` 'symmetric', OpenCV ``BORDER_REFLECT``),
+where the warp's reflect does not repeat it (``BORDER_REFLECT_101``): the reflected strip is one
+pixel further out; for a shift of a few pixels the two are nearly identical.
 """
 
 from __future__ import annotations
@@ -17,27 +29,33 @@ import torch
 from torch.nn import functional as F
 
 #: the MTCNN face box in an aligned crop, as fractions of its side: centre (x, y) and size (w, h)
-#: (medians over LFW's aligned crops; the box is taller than wide and reaches the chin)
+#: (medians over LFW's aligned crops: about (0.50, 0.57) and (0.70, 0.93) over 288 of them; the
+#: box is taller than wide and reaches the chin)
 FACE_BOX_CENTRE = (0.49, 0.58)
 FACE_BOX_SIZE = (0.70, 0.94)
 TIGHT_BORDERS = ("constant", "replicate", "reflect")
+#: grid_sample's padding_mode for each border mode (the shift's uncovered strip)
+GRID_PADDING = {"constant": "zeros", "replicate": "border", "reflect": "reflection"}
 
 
 def tight_rectangles(u: torch.Tensor, h: int, w: int, margin: tuple[float, float]) -> torch.Tensor:
     """Random tight-crop rectangles from uniforms ``u`` (B, 4) in [0, 1).
 
-    Each side lies at half the face box (:data:`FACE_BOX_SIZE`) x ``(1 + m)`` from the box
-    centre, ``m`` drawn per side from ``margin`` (negative: inside the face box). Returns (B, 4)
-    int64 inclusive pixel bounds x0, y0, x1, y1, clamped to the (h, w) crop, never empty.
+    Each side is the face box's (:data:`FACE_BOX_CENTRE`, :data:`FACE_BOX_SIZE`) moved out by
+    ``m`` x the box's width / height, as the tight-crop builder's margin does
+    (:func:`~face_rec.data.tight_crop.crop_box`), ``m`` drawn per side from ``margin``
+    (negative: inside the face box): it lies at half the box x ``(1 + 2 m)`` from the centre.
+    Returns (B, 4) int64 inclusive pixel bounds x0, y0, x1, y1, clamped to the (h, w) crop,
+    never empty.
     """
     lo, hi = float(margin[0]), float(margin[1])
-    m = 1.0 + lo + u.double() * (hi - lo)  # left, top, right, bottom
+    f = 1.0 + 2.0 * (lo + u.double() * (hi - lo))  # left, top, right, bottom: 1 + 2 m
     cx, cy = FACE_BOX_CENTRE[0] * w - 0.5, FACE_BOX_CENTRE[1] * h - 0.5
     hw, hh = FACE_BOX_SIZE[0] * w / 2, FACE_BOX_SIZE[1] * h / 2
-    x0 = torch.round(cx - hw * m[:, 0]).clamp(0, w - 1)
-    y0 = torch.round(cy - hh * m[:, 1]).clamp(0, h - 1)
-    x1 = torch.maximum(torch.round(cx + hw * m[:, 2]).clamp(0, w - 1), x0)
-    y1 = torch.maximum(torch.round(cy + hh * m[:, 3]).clamp(0, h - 1), y0)
+    x0 = torch.round(cx - hw * f[:, 0]).clamp(0, w - 1)
+    y0 = torch.round(cy - hh * f[:, 1]).clamp(0, h - 1)
+    x1 = torch.maximum(torch.round(cx + hw * f[:, 2]).clamp(0, w - 1), x0)
+    y1 = torch.maximum(torch.round(cy + hh * f[:, 3]).clamp(0, h - 1), y0)
     return torch.stack([x0, y0, x1, y1], 1).long()
 
 
@@ -74,6 +92,19 @@ def fill_outside(x: torch.Tensor, rects: torch.Tensor, border: str) -> torch.Ten
     return x.gather(2, iy).gather(3, ix)
 
 
+def shift_zoom(x: torch.Tensor, theta: torch.Tensor, border: str = "constant") -> torch.Tensor:
+    """Resample (B, C, H, W) ``x`` with the affine ``theta`` (B, 2, 3) (``affine_grid``'s
+    normalised output -> input map, ``align_corners=False``), bilinear; samples beyond the image
+    read ``border`` (:data:`GRID_PADDING`: constant zero, replicate the edge, reflect about the
+    outer edge, repeating the edge pixel)."""
+    if border not in GRID_PADDING:
+        raise ValueError(f"unknown tight_border {border!r}; use one of {', '.join(TIGHT_BORDERS)}")
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(
+        x, grid, mode="bilinear", padding_mode=GRID_PADDING[border], align_corners=False
+    )
+
+
 def low_resolution(x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     """Each image of ``x`` (B, C, H, W) with ``sizes[i] > 0`` downscaled (antialiased bilinear)
     so its height is ``sizes[i]`` px and upscaled back (bilinear); the others unchanged."""
@@ -102,17 +133,19 @@ class Augment:
 
     Args:
         flip: probability of a horizontal flip.
-        shift: max translation in pixels (each axis), zero-filled.
+        shift: max translation in pixels (each axis); the uncovered strip is filled as
+            ``tight_border`` says (:data:`GRID_PADDING`).
         scale: random resized crop: zoom factor drawn from [1, 1 + scale] about the centre.
         brightness, contrast, saturation: colour jitter strengths (factor in [1 - v, 1 + v]).
         grayscale: probability of converting to greyscale.
         size: output side (None keeps the input size); lower it to train at low resolution.
         tight_crop: probability of the tight-crop simulation (:func:`tight_rectangles`,
             :func:`fill_outside`); 0: off.
-        tight_margin: range of each side's margin around the face box (fractions of its
-            half-size; negative cuts into the face box).
-        tight_border: what fills the part outside: constant, replicate or reflect (the warp's
-            ``align.settings.border``).
+        tight_margin: range of each side's margin around the face box, in the tight-crop
+            builder's unit: the fraction of the box's width / height added on that side
+            (negative cuts into the face box).
+        tight_border: what fills the part outside the tight crop and the strip a shift
+            uncovers: constant, replicate or reflect (the warp's ``align.settings.border``).
         low_res: probability of the low-resolution simulation (:func:`low_resolution`); 0: off.
         low_res_size: range (inclusive, px of the input crop) of the reduced height.
     """
@@ -128,7 +161,7 @@ class Augment:
         grayscale: float = 0.0,
         size: int | None = None,
         tight_crop: float = 0.0,
-        tight_margin: tuple[float, float] = (-0.2, 0.2),
+        tight_margin: tuple[float, float] = (-0.1, 0.2),
         tight_border: str = "constant",
         low_res: float = 0.0,
         low_res_size: tuple[int, int] = (16, 48),
@@ -186,8 +219,7 @@ class Augment:
             ty = self._u(b, -self.shift, self.shift) * 2 / x.shape[-2]
             theta = torch.zeros(b, 2, 3)
             theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = zoom, zoom, tx, ty
-            grid = F.affine_grid(theta.to(dev), list(x.shape), align_corners=False)
-            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            x = shift_zoom(x, theta.to(dev), self.tight_border)
         if train and self.flip:
             flip = (self._u(b) < self.flip).to(dev)
             x = torch.where(flip[:, None, None, None], x.flip(3), x)

@@ -9,15 +9,22 @@ with LFW's layout (``<Name>/<Name>_NNNN.jpg``) and the pair lists beside them::
     <out>/lowres/images/...   the tight crop downscaled to ``low_res`` px on its shorter side
     <out>/lowres/pairsDevTest.txt, pairsDevTrain.txt
     <out>/manifest.csv        per source image: status (ok / fallback / bad), boxes, sizes
-    <out>/tight_crop.json     counts, bad images and why, settings; written last (complete)
-                              (not ``summary.json``: the folder is no aligned pack)
+    <out>/tight_crop.json     counts, bad images and why, settings, absolute paths; written
+                              last (complete; not ``summary.json``: the folder is no pack)
+
+``<out>`` defaults to ``data.tight_dir`` (conf/data/lfw.yaml: ``${paths.pack_dir}/lfw_tight``),
+the folder ``val=lfw_tight`` reads.
 
 The face box comes from the alignment stage's detector on the original image (the face the photo
 is about, :func:`face_rec.align.run.detect_all`); where none is found (confidently), the centred
 square the alignment's fallback crop uses (``fallback`` rows). An unreadable image is counted and
 listed (``bad``) and has no output; its pairs are then unscorable in evaluation. Work goes in
 chunks: every image is written atomically, a chunk's manifest rows are saved when all its images
-are, and a run again skips finished chunks (a run with other settings starts over).
+are durable (fsync'ed with their folders), and a run again skips finished chunks. A run whose
+key differs (the settings, the lists, the source images' sizes and modification times, the
+detection code's ``ALIGN_VERSION``) starts over, and first removes the earlier build's pair lists,
+manifest and ``tight_crop.json``: until it completes, a ``val=`` run finds no pair list rather
+than a tree of mixed builds.
 
 Evaluate the same pairs wide, tight and at low resolution::
 
@@ -35,7 +42,7 @@ import logging
 import os
 import shutil
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,14 +50,20 @@ import numpy as np
 from PIL import Image
 
 from face_rec.align.detect import Face
-from face_rec.align.run import AlignSettings, detect_all
+from face_rec.align.run import ALIGN_VERSION, AlignSettings, detect_all
 from face_rec.data.images import ImageReadError, load_rgb
 from face_rec.data.pairs import load_pairs
-from face_rec.utils.io import atomic_path, keyed_dir, write_json
+from face_rec.utils.io import atomic_path, fsync, keyed_dir, write_json
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("tight", "lowres")
+#: the AlignSettings fields that shape the detected box (:func:`~face_rec.align.run.detect_all`:
+#: images detected together are padded to one size; the reduction for detection and the retries
+#: decide what the detector sees); the warp's (size, border, fallback_face_fraction) play no part
+DETECTION_FIELDS = ("batch_size", "max_detect_side", "retry_upscale", "retry_pad", "retry_border")
+#: detector settings that decide where it runs, not what it finds
+NOT_DETECTION = ("device",)
 SUMMARY = "tight_crop.json"  #: written last: the build is complete
 DEFAULT_LISTS = ("pairsDevTest.txt", "pairsDevTrain.txt")
 COLUMNS = (
@@ -128,10 +141,10 @@ def list_images(lfw_root: Path, lists: Sequence[str]) -> list[str]:
     return sorted(images)
 
 
-def _save_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
+def _save_jpeg(path: Path, image: np.ndarray, quality: int) -> Path:
     """Write to a temporary name and rename: a killed run never leaves a partial JPEG under the
-    final name. Not fsync'ed one by one (that costs more than the whole crop); the chunk's
-    ``os.sync`` before its manifest part makes them durable together."""
+    final name. Not fsync'ed here: :func:`_make_durable` syncs a chunk's files and folders
+    together before its manifest part is saved. Returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -139,12 +152,24 @@ def _save_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
+
+
+def _make_durable(paths: Iterable[Path], root: Path) -> None:
+    """fsync each written file, then every folder from its parent up to ``root`` (the renames and
+    any folder created for it), so the files survive a crash before their part marks them done."""
+    folders: set[Path] = set()
+    for path in paths:
+        fsync(path)
+        folders.update(p for p in path.parents if p == root or root in p.parents)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        fsync(folder)
 
 
 def _cut(
     img: np.ndarray, face: Face | str | None, source: str, out_dir: Path, s: TightCropSettings
-) -> dict:
-    """Write both variants of one image; return its manifest row."""
+) -> tuple[dict, list[Path]]:
+    """Write both variants of one image; return its manifest row and the files written."""
     row = {"source": source, "status": "ok", "reason": "", "det_prob": ""}
     if isinstance(face, Face) and face.confident:
         box = face.box
@@ -156,13 +181,15 @@ def _cut(
     x0, y0, x1, y1 = crop_box(box, img.shape[:2], s.margin)
     tight = np.ascontiguousarray(img[y0:y1, x0:x1])
     small = low_res_image(tight, s.low_res)
-    _save_jpeg(out_dir / "tight" / "images" / source, tight, s.quality)
-    _save_jpeg(out_dir / "lowres" / "images" / source, small, s.quality)
+    written = [
+        _save_jpeg(out_dir / "tight" / "images" / source, tight, s.quality),
+        _save_jpeg(out_dir / "lowres" / "images" / source, small, s.quality),
+    ]
     row["face_box"] = " ".join(f"{v:.2f}" for v in box)
     row["crop_box"] = f"{x0} {y0} {x1} {y1}"
     row["tight_wh"] = f"{tight.shape[1]} {tight.shape[0]}"
     row["lowres_wh"] = f"{small.shape[1]} {small.shape[0]}"
-    return row
+    return row, written
 
 
 def _no_face_reason(face: Face | str | None) -> str:
@@ -178,8 +205,9 @@ def _chunk(
     out_dir: Path,
     settings: TightCropSettings,
     align: AlignSettings,
-) -> list[dict]:
-    """Detect and cut one chunk of images; never raises for a bad image."""
+) -> tuple[list[dict], list[Path]]:
+    """Detect and cut one chunk of images; never raises for a bad image. Returns the manifest
+    rows and the files written."""
     images: list[np.ndarray | None] = []
     rows: list[dict] = []
     for src in sources:
@@ -191,26 +219,56 @@ def _chunk(
             reason = str(e).replace(str(images_dir) + os.sep, "")
             rows.append({"source": src, "status": "bad", "reason": reason})
     faces = detect_all(images, detector, align)
+    written: list[Path] = []
     for k, (img, face) in enumerate(zip(images, faces, strict=True)):
         if img is not None:
-            rows[k] = _cut(img, face, sources[k], out_dir, settings)
-    return rows
+            rows[k], files = _cut(img, face, sources[k], out_dir, settings)
+            written += files
+    return rows, written
 
 
-def _key(  # the lists' contents and everything that shapes the output
+def detection_settings(align: AlignSettings, detector_settings: dict) -> dict:
+    """What decides the detected box, the only thing the builder takes from the alignment stage:
+    the :data:`DETECTION_FIELDS` of ``align`` and the detector's settings but its device."""
+    return {
+        "align": {k: getattr(align, k) for k in DETECTION_FIELDS},
+        "detector": {k: v for k, v in detector_settings.items() if k not in NOT_DETECTION},
+    }
+
+
+def _key(  # the lists' contents, their images' sizes and times, and what shapes the output
     lfw_root: Path,
     lists: Sequence[str],
+    sources: Sequence[str],
     settings: TightCropSettings,
-    align: AlignSettings,
-    detector_settings: dict,
+    detection: dict,
     chunk_size: int,
 ) -> str:
     h = hashlib.sha256()
-    meta = [asdict(settings), asdict(align), detector_settings, chunk_size, list(lists)]
+    meta = [ALIGN_VERSION, asdict(settings), detection, chunk_size, list(lists)]
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for name in lists:
         h.update((lfw_root / name).read_bytes())
+    for src in sources:
+        try:
+            st = (lfw_root / "images" / src).stat()
+            stamp = f"{st.st_size} {st.st_mtime_ns}"
+        except FileNotFoundError:
+            stamp = "missing"
+        h.update(f"{src}\0{stamp}\n".encode())
     return h.hexdigest()[:16]
+
+
+def _clear_outputs(out_dir: Path, lists: Iterable[str]) -> None:
+    """Remove an earlier build's completion mark, pair lists and manifest (durably), before any
+    image is rewritten: a ``val=`` run then finds no list instead of a tree of mixed builds."""
+    paths = [out_dir / SUMMARY, out_dir / "manifest.csv"]
+    paths += [out_dir / v / name for v in VARIANTS for name in lists]
+    removed = [p for p in paths if p.exists()]
+    for path in removed:
+        path.unlink()
+    for folder in {p.parent for p in removed}:
+        fsync(folder)
 
 
 def build_tight_variants(
@@ -227,20 +285,21 @@ def build_tight_variants(
     ``lfw_root``, images under ``lfw_root/images``) into ``out_dir``; return the summary.
 
     ``make_detector`` builds the detector (called once, only when there is work);
-    ``align``: the alignment settings :func:`~face_rec.align.run.detect_all` runs with
-    (batching, retries); ``detector_settings`` is recorded and part of the resume key.
+    ``align``: the alignment settings :func:`~face_rec.align.run.detect_all` runs with (only
+    those that shape the detected box count, :func:`detection_settings`); ``detector_settings``
+    is recorded and, but its device, part of the resume key.
     """
-    lfw_root, out_dir = Path(lfw_root), Path(out_dir)
+    lfw_root, out_dir = Path(lfw_root).resolve(), Path(out_dir).resolve()
     settings, align = settings or TightCropSettings(), align or AlignSettings()
     sources = list_images(lfw_root, lists)
-    key = _key(lfw_root, lists, settings, align, detector_settings or {}, chunk_size)
+    detection = detection_settings(align, detector_settings or {})
+    key = _key(lfw_root, lists, sources, settings, detection, chunk_size)
     summary_path = out_dir / SUMMARY
-    if summary_path.is_file():
-        previous = json.loads(summary_path.read_text())
-        if previous.get("complete") and previous.get("key") == key:
-            log.info("%s is already complete; nothing to do", out_dir)
-            return previous
-        summary_path.unlink()
+    previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if previous.get("complete") and previous.get("key") == key:
+        log.info("%s is already complete; nothing to do", out_dir)
+        return previous
+    _clear_outputs(out_dir, {*lists, *previous.get("lists", [])})
     parts = keyed_dir(out_dir / ".parts", key)
     chunks = [sources[i : i + chunk_size] for i in range(0, len(sources), chunk_size)]
     detector = None
@@ -249,8 +308,8 @@ def build_tight_variants(
         if part.exists():
             continue
         detector = detector or make_detector()
-        rows = _chunk(lfw_root / "images", chunk, detector, out_dir, settings, align)
-        os.sync()  # the chunk's images are on disk before the part that marks them done
+        rows, written = _chunk(lfw_root / "images", chunk, detector, out_dir, settings, align)
+        _make_durable(written, out_dir)  # the images are on disk before the part marks them done
         with atomic_path(part) as tmp:
             tmp.write_text(json.dumps(rows))
         log.info(
@@ -260,7 +319,12 @@ def build_tight_variants(
         r for i in range(len(chunks)) for r in json.loads((parts / f"{i:06d}.json").read_text())
     ]
     summary = _finish(out_dir, lfw_root, lists, rows, key)
-    summary.update(settings=asdict(settings), align=asdict(align), detector=detector_settings or {})
+    summary.update(
+        settings=asdict(settings),
+        detection=detection["align"],
+        detector=detector_settings or {},
+        align_version=ALIGN_VERSION,
+    )
     write_json(summary_path, summary)
     shutil.rmtree(parts)
     return summary
@@ -270,7 +334,7 @@ def _finish(
     out_dir: Path, lfw_root: Path, lists: Sequence[str], rows: list[dict], key: str
 ) -> dict:
     """Copy the pair lists beside each variant, write manifest.csv; the summary (without its
-    settings)."""
+    settings), its paths absolute."""
     for variant in VARIANTS:
         for name in lists:
             with atomic_path(out_dir / variant / name) as tmp:
@@ -326,7 +390,11 @@ def main(argv: list[str] | None = None) -> None:
         "the detector and its settings are the alignment stage's.",
     )
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of conf/align.yaml")
-    ap.add_argument("--out", help="output folder (default: ${paths.pack_dir}/<data.name>_tight)")
+    ap.add_argument(
+        "--out",
+        help="output folder (default: data.tight_dir, for data=lfw ${paths.pack_dir}/lfw_tight, "
+        "the folder val=lfw_tight reads)",
+    )
     ap.add_argument(
         "--margin",
         type=float,
@@ -362,7 +430,8 @@ def build_from_overrides(
     lists: Sequence[str] = DEFAULT_LISTS,
 ) -> dict:
     """Compose conf/align.yaml with ``overrides`` and build the variants of ``data.root``'s
-    lists into ``out`` (default ``${paths.pack_dir}/<data.name>_tight``)."""
+    lists into ``out`` (default ``data.tight_dir``: conf/data/lfw.yaml's
+    ``${paths.pack_dir}/lfw_tight``, where ``val=lfw_tight`` reads them)."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -373,10 +442,16 @@ def build_from_overrides(
     with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
         cfg = compose("align", overrides=list(overrides))
     check_config(cfg)
+    out = out or cfg.data.get("tight_dir")
+    if not out:
+        raise ValueError(
+            f"data={cfg.data.name} names no tight_dir for the tight-crop variants; pass --out DIR "
+            "(or add data.tight_dir to its conf/data yaml, as conf/data/lfw.yaml does)"
+        )
     detector = OmegaConf.to_container(cfg.align.detector, resolve=True)
     return build_tight_variants(
         lfw_root=cfg.data.root,
-        out_dir=out or Path(cfg.paths.pack_dir) / f"{cfg.data.name}_tight",
+        out_dir=out,
         make_detector=instantiate(cfg.align.detector),
         settings=TightCropSettings(
             margin=margin,

@@ -46,7 +46,8 @@ def configured_sets(
 ) -> list[PairSet]:
     """The pair sets of a ``val`` config: every standard ``.bin`` present in ``bins_dir``
     (when given; the missing ones are logged), then ``sets`` (name -> a path, or a mapping with
-    ``pairs`` and optionally ``calibration_pairs`` and ``image_root``) in their order.
+    ``pairs`` and optionally ``calibration_pairs``, ``image_root`` and ``build``, the command
+    that makes the list, named when it is missing) in their order.
 
     Raises:
         FileNotFoundError: ``bins_dir`` is given but holds none of the standard sets.
@@ -71,6 +72,11 @@ def configured_sets(
         entry = {"pairs": entry} if isinstance(entry, (str, Path)) else dict(entry)
         if not entry.get("pairs"):
             raise ValueError(f"val.sets.{name} has no pairs: give val.sets.{name}.pairs=<file>")
+        if entry.get("build") and not Path(entry["pairs"]).is_file():
+            raise FileNotFoundError(
+                f"val.sets.{name}: pair list {str(entry['pairs'])!r} not found; build it first: "
+                f"{entry['build']}"
+            )
         out.append(
             PairSet(
                 str(name),

@@ -12,9 +12,11 @@ from face_rec.align.warp import (
     BORDER_MODES,
     alignment_matrix,
     border_index,
+    box_reduce,
     center_crop_matrix,
     outside_fraction,
     outside_mask,
+    reduction,
     warp_affine,
     warp_similarity,
 )
@@ -137,28 +139,93 @@ def test_outside_fraction_matches_brute_force(hw, matrix):
     )
 
 
+def _excess(sx: np.ndarray, sy: np.ndarray, h: int, w: int) -> np.ndarray:
+    """How far (px) each sample lies beyond the pixel centres of an (h, w) image; 0 inside."""
+    return np.maximum.reduce([-sx, sx - (w - 1), -sy, sy - (h - 1), np.zeros_like(sx)])
+
+
+def _samples(matrix: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel loop: the source point (x, y) each crop pixel centre comes from."""
+    inv = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))
+    sx, sy = np.empty((size, size)), np.empty((size, size))
+    for i in range(size):
+        for j in range(size):
+            sx[i, j], sy[i, j], _ = inv @ [j, i, 1.0]
+    return sx, sy
+
+
+def _check_dark_is_outside(dark: np.ndarray, mask: np.ndarray, excess: np.ndarray) -> None:
+    """A constant-border warp of a white image darkens exactly the pixels whose sample lies
+    outside, except those within 1/510 px of the edge (their outside weight is below 1/510, so
+    255 x (1 - weight) still rounds to 255)."""
+    np.testing.assert_array_equal(mask, excess > 0)
+    assert not (dark & ~mask).any()
+    assert excess[mask & ~dark].max(initial=0.0) <= 1 / 510 + 1e-6
+    assert (dark == (excess > 1 / 510 + 1e-6))[mask].mean() > 0.99  # and the rest darken
+
+
 def test_outside_fraction_is_consistent_with_the_warp():
-    """A pixel is outside exactly when a constant-border warp of a white image darkens it (up to
-    samples within 1/510 px of the edge, which still round to 255)."""
     rng = np.random.default_rng(3)
     for _ in range(5):
-        h, w = rng.integers(20, 90, 2)
+        h, w = (int(v) for v in rng.integers(20, 90, 2))
         m = _similarity(rng.uniform(-1, 1), rng.uniform(0.6, 2.5), tuple(rng.uniform(-30, 60, 2)))
         white = np.full((h, w, 3), 255, np.uint8)
         dark = warp_affine(white, m, 64)[..., 0] < 255
         mask = outside_mask((h, w), m, 64)
-        assert not (dark & ~mask).any()
-        assert (mask & ~dark).mean() < 0.02
+        assert 0 < mask.mean() < 1
+        _check_dark_is_outside(dark, mask, _excess(*_samples(m, 64), h, w))
 
 
 def test_outside_fraction_on_the_box_reduced_path():
-    """A 5x shrink goes through box_reduce; the fraction is measured where the warp samples."""
-    image = np.full((1000, 800, 3), 255, np.uint8)
+    """A 5x shrink of a 1003 x 803 image goes through box_reduce (ragged edges: 1003 and 803 are
+    not multiples of 5); the fraction is measured where the warp samples: on the reduced image,
+    ceil(1003 / 5) x ceil(803 / 5) pixels whose centre q sits at 5 q + 2 in the source."""
+    image = np.full((1003, 803, 3), 255, np.uint8)
     m = _similarity(0.1, 1 / 5.2, (30.0, 40.0))
     dark = warp_similarity(image, m, 112)[..., 0] < 255
+    sx, sy = _samples(m, 112)
+    excess = _excess((sx - 2) / 5, (sy - 2) / 5, 201, 161)
     frac = outside_fraction(image.shape[:2], m, 112)
     assert 0.05 < frac < 0.95
-    assert abs(dark.mean() - frac) < 0.02
+    assert frac == (excess > 0).mean()
+    _check_dark_is_outside(dark, excess > 0, excess)
+
+
+@pytest.mark.parametrize("hw", [(225, 225), (1003, 803), (803, 1003), (1000, 800)])
+def test_a_full_frame_crop_of_a_ragged_image_reads_no_border(hw):
+    """The whole image shrunk to the crop (fallback_face_fraction 1 on a square image; the
+    central square otherwise): nothing is outside and no edge is darkened, also when the
+    size is not a multiple of the box filter's factor (225 = 2 x 112 + 1: 1.8% was outside,
+    a faint black edge, when box_reduce dropped the ragged row and column)."""
+    rng = np.random.default_rng(5)
+    image = rng.integers(100, 200, (*hw, 3), dtype=np.uint8)
+    m = center_crop_matrix(hw, 1.0, 112)
+    assert reduction(hw, m)[0] > 1  # the box-reduced path
+    assert outside_fraction(hw, m, 112) == 0.0
+    crop = warp_similarity(image, m, 112, "constant")
+    assert crop.min() >= 100  # every pixel is a mean of image pixels, none of the black border
+    white = np.full((*hw, 3), 255, np.uint8)
+    assert (warp_similarity(white, m, 112, "constant") == 255).all()
+
+
+def test_box_reduce_replicates_the_ragged_edge():
+    """Against a loop over blocks of the edge-extended image: a partial block averages its
+    pixels with copies of the last row / column."""
+    rng = np.random.default_rng(6)
+    image = rng.integers(0, 256, (7, 11, 3), dtype=np.uint8)
+    k = 3
+    out = box_reduce(image, k)
+    assert out.shape == (3, 4, 3)
+    for q in range(3):
+        for p in range(4):
+            rows = [min(k * q + a, 6) for a in range(k)]
+            cols = [min(k * p + b, 10) for b in range(k)]
+            block = image[np.ix_(rows, cols)].astype(np.float64)
+            np.testing.assert_allclose(out[q, p], block.mean((0, 1)), rtol=1e-6)
+    corner = (
+        image[6, 9].astype(float) + 2 * image[6, 10].astype(float)
+    ) / 3  # row 6 thrice, column 10 twice
+    np.testing.assert_allclose(out[2, 3], corner, rtol=1e-6)
 
 
 def test_outside_fraction_zero_for_a_centred_wide_image_and_large_for_a_tight_one():

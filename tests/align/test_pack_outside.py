@@ -33,15 +33,62 @@ def _set(root, side: int, n: int = 6, seed: int = 0):
     return root
 
 
+def _brute_outside(side: int) -> float:
+    """Per-pixel loop, independent of the implementation: LANDMARKS are the template x 1.5 +
+    20, so crop pixel (i, j) samples the source at (1.5 j + 20, 1.5 i + 20); it is outside a
+    ``side`` px image beyond its pixel centres 0 .. side - 1."""
+    n = 0
+    for i in range(112):
+        for j in range(112):
+            x, y = 1.5 * j + 20, 1.5 * i + 20
+            n += not (0 <= x <= side - 1 and 0 <= y <= side - 1)
+    return n / 112**2
+
+
 def test_manifest_records_the_exact_outside_fraction(tmp_path):
-    root = _set(tmp_path / "in", 120)
+    # 121 px: no sample lies within 0.5 px of the last pixel centre (x = 119.0 at 120 px would,
+    # and the manifest's 3-decimal landmarks may put it a hair on either side)
+    root = _set(tmp_path / "in", 121)
     run_alignment(root, tmp_path / "pack", FakeDetector, workers=0)
     rows = read_manifest(tmp_path / "pack" / "manifest.csv")
-    expected = outside_fraction((120, 120), alignment_matrix(LANDMARKS), 112)
-    assert expected > 0.3
+    expected = _brute_outside(121)
+    assert expected == pytest.approx(1 - (67 / 112) ** 2)  # columns and rows 0..66 inside
     np.testing.assert_allclose(outside_fractions(rows), expected, atol=1e-6)
-    with open(tmp_path / "pack" / "manifest.csv", newline="") as fh:
-        assert {"outside_fraction", "detect_retry"} <= set(csv.DictReader(fh).fieldnames)
+
+
+def _brute_fallback_outside(h: int, w: int) -> float:
+    """Per-pixel loop over the fallback crop of the whole shorter side (fraction 1), from its
+    geometry: the centred square's outer edges map onto the crop's, so crop pixel (i, j)
+    samples ((w - h) / 2 - 0.5 + (j + 0.5) h / 112, -0.5 + (i + 0.5) h / 112) when h <= w."""
+    n = 0
+    for i in range(112):
+        for j in range(112):
+            x = (w - h) / 2 - 0.5 + (j + 0.5) * h / 112
+            y = -0.5 + (i + 0.5) * h / 112
+            n += not (0 <= x <= w - 1 and 0 <= y <= h - 1)
+    return n / 112**2
+
+
+def test_fallback_rows_record_their_outside_fraction(tmp_path):
+    """No face: the centred fallback crop, whose outside fraction is recorded too. The whole
+    shorter side (fallback_face_fraction 1) of a 225 px and a 301 x 503 px photo shrinks through
+    box_reduce with ragged edges (225 = 2 x 112 + 1): nothing is outside and the crop has no
+    dark rim (1.8% was outside when the ragged row and column were dropped). A 90 px one is
+    enlarged: its outer crop pixels sample a little beyond the edge pixel centres."""
+    root = tmp_path / "in"
+    _write(root / "a" / "dark225.png", np.full((225, 225, 3), 60, np.uint8))
+    _write(root / "b" / "dark_wide.png", np.full((301, 503, 3), 70, np.uint8))
+    _write(root / "c" / "small.png", np.full((90, 150, 3), 80, np.uint8))
+    settings = AlignSettings(fallback_face_fraction=1.0)
+    summary = run_alignment(root, tmp_path / "pack", FakeDetector, settings, workers=0)
+    rows = read_manifest(tmp_path / "pack" / "manifest.csv")
+    assert [r["status"] for r in rows] == ["fallback"] * 3
+    expected = [_brute_fallback_outside(h, w) for h, w in ((225, 225), (301, 503), (90, 150))]
+    assert expected[:2] == [0.0, 0.0] and expected[2] == pytest.approx(2 / 112)  # 2 rows
+    np.testing.assert_allclose(outside_fractions(rows), expected, atol=1e-6)
+    assert summary["outside_fraction"]["n_known"] == 3
+    crops = np.load(tmp_path / "pack" / "images.npy")
+    assert (crops[0] == 60).all() and (crops[1] == 70).all()
 
 
 def test_summary_reports_the_distribution_and_warns_on_a_tight_set(tmp_path):

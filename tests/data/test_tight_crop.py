@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from face_rec.align.detect import Face, FaceDetector
+from face_rec.align.run import AlignSettings
 from face_rec.data.pairs import load_pairs
 from face_rec.data.tight_crop import (
     TightCropSettings,
@@ -129,6 +132,135 @@ def test_an_interrupted_build_resumes_and_new_settings_start_over(tmp_path):
     assert wider["key"] != summary["key"]
     with Image.open(out / "tight/images/Person_0/Person_0_0001.jpg") as im:
         assert im.size == (160, 186)  # 30% of 120 above the box is clipped at the top
+
+
+def test_the_summary_holds_absolute_paths(tmp_path, monkeypatch):
+    _lfw_like(tmp_path / "lfw")
+    monkeypatch.chdir(tmp_path)
+    summary = build_tight_variants("lfw", "out", FakeBoxDetector, chunk_size=2)
+    on_disk = read_summary_json(tmp_path / "out")
+    assert on_disk == summary
+    assert summary["lfw_root"] == str(tmp_path / "lfw")
+    for v in ("tight", "lowres"):
+        assert summary["variants"][v]["image_root"] == str(tmp_path / "out" / v / "images")
+        assert summary["variants"][v]["pairs"][0] == str(tmp_path / "out" / v / "pairsDevTest.txt")
+    monkeypatch.chdir(tmp_path / "lfw")  # read from elsewhere: the paths still hold
+    assert all(Path(p).is_file() for p in summary["variants"]["tight"]["pairs"])
+
+
+def test_the_key_follows_what_shapes_the_crops_only(tmp_path, monkeypatch):
+    """Rebuilt for: the detector's settings, the alignment's detection settings, ALIGN_VERSION
+    (the detection code), a source image's size or time. Not for: the warp's border, crop
+    size or fallback fraction, nor the detector's device (the builder only detects and cuts)."""
+    import face_rec.data.tight_crop as tc
+
+    lfw = _lfw_like(tmp_path / "lfw")
+    out = tmp_path / "out"
+    det = {"min_face_size": 40, "device": "cpu"}
+    first = build_tight_variants(lfw, out, FakeBoxDetector, detector_settings=det)
+    same = (
+        {"align": AlignSettings(border="reflect", size=96, fallback_face_fraction=0.3)},
+        {"detector_settings": {**det, "device": "cuda"}},
+    )
+    for kw in same:
+        kw = {"detector_settings": det, **kw}
+        assert build_tight_variants(lfw, out, NeverDetector, **kw)["key"] == first["key"]
+    keys = {first["key"]}
+    for kw in (
+        {"detector_settings": {**det, "min_face_size": 20}},
+        {"align": AlignSettings(max_detect_side=512)},
+        {"align": AlignSettings(retry_pad=0.5)},
+        {"align": AlignSettings(batch_size=4)},
+    ):
+        kw = {"detector_settings": det, **kw}
+        keys.add(build_tight_variants(lfw, out, FakeBoxDetector, **kw)["key"])
+    assert len(keys) == 5
+    base = build_tight_variants(lfw, out, FakeBoxDetector, detector_settings=det)
+    monkeypatch.setattr(tc, "ALIGN_VERSION", tc.ALIGN_VERSION + 1)
+    bumped = build_tight_variants(lfw, out, FakeBoxDetector, detector_settings=det)
+    assert bumped["key"] != base["key"] and bumped["align_version"] == tc.ALIGN_VERSION
+    src = lfw / "images" / "Person_0" / "Person_0_0001.jpg"
+    os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**9))
+    touched = build_tight_variants(lfw, out, FakeBoxDetector, detector_settings=det)
+    assert touched["key"] != bumped["key"]
+    assert set(touched["detection"]) == {
+        "batch_size",
+        "max_detect_side",
+        "retry_upscale",
+        "retry_pad",
+        "retry_border",
+    }  # the warp's border, size and fallback fraction are not the builder's
+
+
+def test_a_new_build_removes_the_old_lists_before_any_image(tmp_path):
+    """Other settings: the earlier build's pair lists, manifest and summary are gone before the
+    first image is rewritten, so a val= run never reads a mix of the two builds."""
+    lfw = _lfw_like(tmp_path / "lfw")
+    out = tmp_path / "out"
+    build_tight_variants(lfw, out, FakeBoxDetector, chunk_size=2)
+    old = [
+        out / v / n for v in ("tight", "lowres") for n in ("pairsDevTest.txt", "pairsDevTrain.txt")
+    ]
+    old += [out / "manifest.csv", out / "tight_crop.json"]
+    assert all(p.is_file() for p in old)
+    image = out / "tight/images/Person_0/Person_0_0001.jpg"
+    stamp = image.stat().st_mtime_ns
+    seen = []
+
+    class Checking(FakeBoxDetector):
+        def detect(self, images):
+            seen.append([p.exists() for p in old] + [image.stat().st_mtime_ns != stamp])
+            return super().detect(images)
+
+    build_tight_variants(lfw, out, Checking, TightCropSettings(margin=0.3), chunk_size=2)
+    assert seen[0] == [False] * (len(old) + 1)  # nothing of the old build left, no image yet
+    assert all(p.is_file() for p in old)  # the new build's
+
+
+def test_images_are_fsynced_before_their_part_not_os_sync(tmp_path, monkeypatch):
+    import face_rec.data.tight_crop as tc
+
+    lfw = _lfw_like(tmp_path / "lfw")
+    out = tmp_path / "out"
+    synced: list[tuple[Path, int]] = []
+
+    def record(path):
+        synced.append((Path(path), len(list((out / ".parts").glob("*.json")))))
+
+    def no_sync():
+        raise AssertionError("os.sync flushes every file system of the machine")
+
+    monkeypatch.setattr(tc, "fsync", record)
+    monkeypatch.setattr(os, "sync", no_sync)
+    build_tight_variants(lfw, out, FakeBoxDetector, chunk_size=2)
+    sources = sorted(str(p.relative_to(lfw / "images")) for p in (lfw / "images").rglob("*.jpg"))
+    images = {p: n for p, n in synced if p.suffix == ".jpg"}
+    for v in ("tight", "lowres"):
+        for k, src in enumerate(sources):
+            path = out / v / "images" / src
+            if path.exists():  # the unreadable image has none
+                assert images[path] == k // 2  # before its chunk's part was written
+    folders = {p for p, _ in synced if p.suffix != ".jpg"}
+    assert {out / "tight/images/Person_0", out / "tight/images", out / "tight", out} <= folders
+
+
+def test_the_builder_writes_where_val_lfw_tight_reads(tmp_path):
+    """One location: data.tight_dir (conf/data/lfw.yaml) is the builder's default output and
+    what conf/val/lfw_tight.yaml reads."""
+    from face_rec.data.tight_crop import build_from_overrides
+
+    _lfw_like(tmp_path / "data" / "lfw")
+    overrides = [f"paths.data_dir={tmp_path / 'data'}", f"paths.pack_dir={tmp_path / 'packs'}"]
+    summary = build_from_overrides(["data=lfw", *overrides, "align.detector.device=cpu"])
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        cfg = compose("train", overrides=["val=lfw_tight", *overrides])
+    for name, variant in (("lfw_tight", "tight"), ("lfw_lowres", "lowres")):
+        entry = cfg.val.sets[name]
+        assert entry.pairs == summary["variants"][variant]["pairs"][0]
+        assert entry.calibration_pairs == summary["variants"][variant]["pairs"][1]
+        assert entry.image_root == summary["variants"][variant]["image_root"]
+        assert "python -m face_rec.data.tight_crop data=lfw" in entry.build
+    assert cfg.data.tight_dir == str(tmp_path / "packs" / "lfw_tight")
 
 
 def test_a_missing_pair_list_is_a_clear_error(tmp_path):

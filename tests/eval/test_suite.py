@@ -335,3 +335,10 @@ def test_holdout_selection_without_held_out_identities_stops_before_reading_data
         cfg = compose("train", overrides=["val=standard", *data])
     with pytest.raises(ValueError, match="val.select=last"):
         check_selection(cfg)
+
+
+def test_a_set_that_must_be_built_names_the_command(tmp_path):
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        cfg = compose("train", overrides=["val=lfw_tight", f"paths.pack_dir={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match="python -m face_rec.data.tight_crop data=lfw"):
+        configured_sets(cfg.val.sets, None)
