@@ -278,9 +278,11 @@ def model_selection(cfg: DictConfig, validation: H.Validation, pv: PairValidatio
     return {
         "selected_on": what,
         "tested_on": tested,
-        "best_checkpoint": "checkpoints/best.pt",
+        "best_checkpoint": "checkpoints/best.pt" if validation.best_step is not None else None,
         "best_step": validation.best_step,
-        "best_selection_accuracy": validation.best_value,
+        "best_selection_accuracy": (
+            validation.best_value if validation.best_step is not None else None
+        ),
         "note": note,
     }
 

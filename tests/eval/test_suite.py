@@ -277,14 +277,14 @@ def test_standard_bins_with_the_default_holdout_selection(tmp_path):
 
     from ..align.test_run import FakeDetector, _tree
 
-    pack = tmp_path / "pack"  # enough identities to hold 10 folds of people out
-    run_alignment(_tree(tmp_path / "in", n_ids=60, per_id=3), pack, FakeDetector, workers=0)
+    big = tmp_path / "pack"  # enough identities to hold 10 folds of people out
+    run_alignment(_tree(tmp_path / "in", n_ids=60, per_id=3), big, FakeDetector, workers=0)
     bins = tmp_path / "bins"
     bins.mkdir()
     _bin(bins / "lfw.bin", 1)
     _bin(bins / "agedb_30.bin", 3)
     cfg = _cfg(
-        pack,
+        big,
         tmp_path,
         "model=mobilefacenet",
         "model.input_size=32",
@@ -319,6 +319,8 @@ def test_select_last_keeps_the_final_model_and_chooses_nothing(pack, tmp_path): 
     m = train_from_config(cfg, out)
     assert m["select/accuracy"] is None and "select" not in m
     assert "val.select=last" in m["model_selection"]["selected_on"]
+    assert m["model_selection"]["best_checkpoint"] is None
+    assert m["model_selection"]["best_selection_accuracy"] is None  # not -inf in the JSON
     assert (
         not (out / "checkpoints" / "best.pt").exists()
         and (out / "checkpoints" / "last.pt").exists()
