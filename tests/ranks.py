@@ -26,6 +26,7 @@ def _entry(rank: int, world: int, port: int, out: str, fn, args) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.save(fn(rank, world, *args), Path(out) / f"rank{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while another still talks to it
     finally:
         dist.destroy_process_group()
 
