@@ -131,7 +131,9 @@ def test_every_head_lowers_the_loss(pack, tmp_path, head):
         "augment.saturation=0",
     )
     _, losses = _run(cfg, tmp_path / "run")
-    assert np.mean(losses[-3:]) < losses[0], losses
+    # first three against last three steps: one batch's loss is noisy (triplet's batch-hard
+    # mining flips with float reductions that differ between thread counts)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
 
 
 def test_resume_continues_the_exact_loss_sequence(pack, tmp_path):
