@@ -1,10 +1,11 @@
 """A ready GPU check: training and evaluation throughput and memory on one GPU, in one script.
 
     python benchmarks/gpu_check.py --out logs/benchmarks/gpu_check.json   # one CUDA GPU, < 8 min
-    python benchmarks/gpu_check.py --smoke --out /tmp/gpu_check.json     # the same code on CPU
+    python benchmarks/gpu_check.py --smoke --out logs/benchmarks/gpu_smoke.json   # on CPU, tiny
 
 Sections, in the order they run (the ``--deadline-s`` clock, 420 s from the start, skips what no
-longer fits, recorded as ``skipped``; ``--sections`` runs a subset; a config that fails or runs out of memory is recorded as ``failed`` / ``oom``
+longer fits, recorded as ``skipped``; ``--sections`` runs a subset; a config that fails or runs
+out of memory is recorded as ``failed`` / ``oom``
 and the rest go on; the JSON is rewritten after every section, so a killed run keeps its figures):
 
 1. training, eager: IResNet-50 and IResNet-100 at batch 128 and 256, each in fp32, fp16 (grad

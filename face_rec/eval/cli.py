@@ -124,18 +124,18 @@ def evaluate_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     if cfg.suite or isinstance(cfg.pairs, ListConfig | list):
         return evaluate_suite(cfg, out_dir)
     pairs_path = Path(cfg.pairs) if cfg.pairs else default_pairs(Path(cfg.data.root))
+    pairs = load_pairs(pairs_path, cfg.image_root)
     if cfg.calibrate_far is not None:  # before any embedding: can this list resolve the FAR?
-        same = load_pairs(pairs_path, cfg.image_root).same
-        check_far(int((~same).sum()), cfg.calibrate_far, pairs_path)
+        check_far(int((~pairs.same).sum()), cfg.calibrate_far, pairs_path)
     device = resolve_device(cfg.eval.device)
-    metrics = evaluate_list(cfg, build_model(cfg).to(device), pairs_path, out_dir, device)
+    metrics = evaluate_list(cfg, build_model(cfg).to(device), pairs, pairs_path, out_dir, device)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     print(summary_line(metrics) + f" -> {out_dir}")
     if cfg.calibrate_far is not None:
         t = write_threshold(
             out_dir / "threshold.json",
             metrics["scores"],
-            same,
+            pairs.same,
             cfg.calibrate_far,
             pairs=str(pairs_path),
             checkpoint=cfg.checkpoint,
@@ -175,7 +175,8 @@ def evaluate_suite(cfg: DictConfig, out_dir: Path) -> dict:
     model = build_model(cfg).to(device)
     results = {}
     for s in sets:
-        results[s.name] = evaluate_list(cfg, model, s.pairs, out_dir / s.name, device)
+        pairs = load_pairs(s.pairs, cfg.image_root)
+        results[s.name] = evaluate_list(cfg, model, pairs, s.pairs, out_dir / s.name, device)
         print(f"{s.name}: " + summary_line(results[s.name]))
     rows = suite_rows(results)
     table = suite_markdown(rows)
@@ -205,13 +206,18 @@ def evaluate_suite(cfg: DictConfig, out_dir: Path) -> dict:
 
 
 def evaluate_list(
-    cfg: DictConfig, model: torch.nn.Module, pairs_path: Path, out_dir: Path, device: str
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    pairs: Pairs,
+    pairs_path: Path,
+    out_dir: Path,
+    device: str,
 ) -> dict:
-    """Score one pair list with ``model``: metrics.json, scores.csv, roc.csv and roc.png into
-    ``out_dir``. A list without folds takes its threshold from ``calibration_pairs`` when that
-    file exists, else 10-fold CV over its own pairs. Returns the metrics."""
+    """Score one pair list (``pairs``, read from ``pairs_path``) with ``model``: metrics.json,
+    scores.csv, roc.csv and roc.png into ``out_dir``. A list without folds takes its threshold
+    from ``calibration_pairs`` when that file exists, else 10-fold CV over its own pairs.
+    Returns the metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    pairs = load_pairs(pairs_path, cfg.image_root)
     calibration = None
     calib_path = cfg.calibration_pairs
     if pairs.n_folds < 2 and calib_path and Path(calib_path).is_file():
