@@ -44,6 +44,7 @@ from face_rec.losses import ArcFaceLoss  # noqa: E402
 from face_rec.models.heads import CosineHead  # noqa: E402
 from face_rec.models.registry import create_model  # noqa: E402
 from face_rec.models.summary import forward_flops  # noqa: E402
+from face_rec.utils.allocator import keep_freed_memory  # noqa: E402
 from face_rec.utils.io import write_json  # noqa: E402
 from face_rec.utils.machine import benchmark_header  # noqa: E402
 
@@ -206,6 +207,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile-backend", default="inductor", help="inductor | aot_eager | eager")
     p.add_argument("--out", type=Path, help="also write every record as one JSON file")
     p.add_argument("--quick", action="store_true", help="tiny sizes for the smoke test")
+    p.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc keeps freed buffers, as train.py's trainer.keep_freed_memory (malloc_speed.py)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.batch, args.input_size, args.width = ["mobilefacenet"], 4, 32, 0.25
@@ -215,6 +221,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.keep_freed_memory:
+        keep_freed_memory()
     header = benchmark_header("cpu")
     print(json.dumps(header), flush=True)
     mm = matmul_gflops(args.matmul)

@@ -236,9 +236,11 @@ class TrainerConfig:
     grad_clip: float | None
     grad_clip_scope: Literal["backbone", "all"]
     backbone_lr_scale: float
+    head_lr_scale: float
     freeze_stages: int
     accum_steps: int
     num_workers: int
+    keep_freed_memory: bool
     log_every: int
     eval_every: int
     checkpoint_every: int

@@ -34,6 +34,7 @@ from face_rec.eval.suite import PairSet, configured_sets, mean_accuracy
 from face_rec.eval.verification import PairImages, embed_pairs, measure_pairs
 from face_rec.models.backbones.resnet import freeze_stages
 from face_rec.models.partial_fc import PartialFC
+from face_rec.utils.allocator import keep_freed_memory
 from face_rec.utils.checkpoint import load_checkpoint
 from face_rec.utils.io import write_json
 from face_rec.utils.machine import machine_info
@@ -97,14 +98,20 @@ def training_data(cfg: DictConfig) -> TrainSet | AlignedFolder | RecordDataset:
 
 
 def param_groups(
-    model: torch.nn.Module, others: tuple, lr: float, backbone_lr_scale: float = 1.0
+    model: torch.nn.Module,
+    others: tuple,
+    lr: float,
+    backbone_lr_scale: float = 1.0,
+    head_lr_scale: float = 1.0,
 ) -> list[dict]:
     """Optimizer groups: the backbone's trainable parameters at ``lr x backbone_lr_scale``
-    (fine-tuning a loaded model gently), the head's and loss's at ``lr``."""
+    (fine-tuning a loaded model gently), the head's and loss's at ``lr x head_lr_scale`` (a
+    short run on small data: each class centre is updated only in the few steps its identity
+    is in the batch)."""
     backbone = [p for p in model.parameters() if p.requires_grad]
     rest = [p for m in others if m is not None for p in m.parameters() if p.requires_grad]
     groups = [{"params": backbone, "lr": lr * backbone_lr_scale}]
-    return groups + ([{"params": rest, "lr": lr}] if rest else [])
+    return groups + ([{"params": rest, "lr": lr * head_lr_scale}] if rest else [])
 
 
 def make_plan(cfg: DictConfig, labels: np.ndarray, world: int = 1):
@@ -326,7 +333,13 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation
         head = instantiate(cfg.head.module, num_classes=dataset.num_classes)
     frozen = freeze_stages(model, cfg.trainer.freeze_stages)
     optimizer = instantiate(cfg.optimizer)(
-        param_groups(model, (head, loss_fn), cfg.optimizer.lr, cfg.trainer.backbone_lr_scale)
+        param_groups(
+            model,
+            (head, loss_fn),
+            cfg.optimizer.lr,
+            cfg.trainer.backbone_lr_scale,
+            cfg.trainer.head_lr_scale,
+        )
     )
     scheduler = make_scheduler(optimizer, cfg.trainer.max_steps, **cfg.scheduler)
     weight = (
@@ -417,6 +430,8 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     """
     check_config(cfg)  # before any data is read or a model built
     check_selection(cfg)
+    if cfg.trainer.keep_freed_memory:
+        keep_freed_memory()
     info = D.init_distributed(cfg.trainer.backend)
     out_dir = Path(D.broadcast_object(str(out_dir)))
     config = OmegaConf.to_container(cfg, resolve=True)

@@ -271,3 +271,18 @@ def test_a_failing_section_is_recorded_and_the_others_run(monkeypatch, tmp_path)
     assert record["partial_fc"] == [] and record["embedding"] == [{"model": "m", "status": "ok"}]
     assert json.loads((tmp_path / "r.json").read_text())["embedding"] == record["embedding"]
     assert "training" not in record["section_s"]  # not asked for
+
+
+def test_malloc_speed_quick_alternates_fresh_processes(tmp_path):
+    out = tmp_path / "malloc_speed.json"
+    done = _script("malloc_speed", "--quick", "--repeats", "2", "--out", str(out))
+    record = json.loads(out.read_text())
+    _header_ok(record)
+    rows = record["rows"]
+    assert set(rows) == {"default", "keep_freed_memory"}
+    for r in rows.values():
+        assert len(r["img_s"]) == 2 and all(x > 0 for x in r["img_s"])
+        assert 0 <= r["median_kernel_share"] < 1
+    ratio = rows["keep_freed_memory"]["median_img_s"] / rows["default"]["median_img_s"]
+    assert record["ratio"] == pytest.approx(ratio)
+    assert "keep_freed_memory / default" in done.stdout

@@ -83,3 +83,11 @@ def test_freeze_stages_freezes_only_those_stages_in_every_family():
         assert len(frozen) == 1 + depths[0] and len(trainable) == sum(depths) - depths[0]
     with pytest.raises(ValueError, match="has 4 stages"):
         freeze_stages(create_model("iresnet18", input_size=32), 4)  # only the neck would train
+
+
+def test_head_lr_scale_sets_the_class_centres_rate_apart_from_the_backbone(pack, tmp_path):  # noqa: F811
+    over = ["trainer.head_lr_scale=10", "trainer.backbone_lr_scale=0.5", "trainer.max_steps=2"]
+    trainer, _, _ = build_trainer(_cfg(pack, tmp_path, *over), tmp_path / "probe")
+    backbone, head = trainer.optimizer.param_groups
+    assert head["initial_lr"] == pytest.approx(backbone["initial_lr"] * 20)
+    assert {id(p) for p in head["params"]} == {id(p) for p in trainer.head.parameters()}
