@@ -108,6 +108,12 @@ def param_groups(
     (fine-tuning a loaded model gently), the head's and loss's at ``lr x head_lr_scale`` (a
     short run on small data: each class centre is updated only in the few steps its identity
     is in the batch)."""
+    if head_lr_scale <= 0 or backbone_lr_scale < 0:
+        raise ValueError(
+            f"trainer.head_lr_scale={head_lr_scale:g} and trainer.backbone_lr_scale="
+            f"{backbone_lr_scale:g}: the head's scale must be > 0 and the backbone's >= 0 (0 "
+            "freezes it; trainer.freeze_stages freezes part of it)"
+        )
     backbone = [p for p in model.parameters() if p.requires_grad]
     rest = [p for m in others if m is not None for p in m.parameters() if p.requires_grad]
     groups = [{"params": backbone, "lr": lr * backbone_lr_scale}]
@@ -430,8 +436,6 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     """
     check_config(cfg)  # before any data is read or a model built
     check_selection(cfg)
-    if cfg.trainer.keep_freed_memory:
-        keep_freed_memory()
     info = D.init_distributed(cfg.trainer.backend)
     out_dir = Path(D.broadcast_object(str(out_dir)))
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -440,6 +444,8 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer, validation, stats = build_trainer(cfg, out_dir)
+    # the process-wide malloc setting pays on CPU only (GPU activations live in torch's own cache)
+    kept = cfg.trainer.keep_freed_memory and trainer.device.type == "cpu" and keep_freed_memory()
     path = resume_path(cfg, out_dir)
     if path is not None:
         state = load_checkpoint(path, trainer.device)
@@ -456,6 +462,7 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
             "images": len(trainer.dataset),
             "identities": trainer.dataset.num_classes,
             "final_loss": trainer.metrics.get("loss"),
+            "malloc_keeps_freed_memory": bool(kept),
         },
         "machine": machine_info(trainer.device),  # what wall_time_s and images_per_s ran on
     }

@@ -84,6 +84,7 @@ class TensorBoard(Hook):
                 "loss",
                 "accuracy",
                 "lr",
+                "lr_head",
                 "images_per_s",
                 "data_wait_fraction",
                 "grad_norm",

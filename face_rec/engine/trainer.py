@@ -182,7 +182,9 @@ class Trainer:
             "loss": float(np.mean(losses)),
             "accuracy": correct / seen if has_accuracy else None,
             "grad_norm": float(grad_norm),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.optimizer.param_groups[0]["lr"],  # the backbone's
+            "lr_head": self.optimizer.param_groups[-1]["lr"],  # the class centres' (the same
+            # group when the head has no parameters)
             "images_per_s": seen / (elapsed + wait),
             "data_wait_fraction": wait / (elapsed + wait),
             "embedding_norms": embeddings.detach().float().norm(dim=1).cpu(),

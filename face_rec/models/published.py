@@ -249,7 +249,8 @@ def _check_sizes(model: nn.Module, arch: dict, path: str | Path) -> None:
     if wrong:
         raise WeightsError(
             f"{path} holds a {arch['name']} of other sizes: set {', '.join(wrong)}; an "
-            "experiment preset may have set them (the CPU preset: 128-d, 64 px)"
+            "experiment may have set them (the default, experiment=cpu_demo: width 0.125, 128-d, "
+            "48 px; experiment=cpu_preset: 128-d, 64 px)"
         )
 
 

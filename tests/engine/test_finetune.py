@@ -91,3 +91,8 @@ def test_head_lr_scale_sets_the_class_centres_rate_apart_from_the_backbone(pack,
     backbone, head = trainer.optimizer.param_groups
     assert head["initial_lr"] == pytest.approx(backbone["initial_lr"] * 20)
     assert {id(p) for p in head["params"]} == {id(p) for p in trainer.head.parameters()}
+
+
+def test_a_non_positive_head_lr_scale_is_refused_naming_the_key(pack, tmp_path):  # noqa: F811
+    with pytest.raises(ValueError, match="trainer.head_lr_scale=0"):
+        build_trainer(_cfg(pack, tmp_path, "trainer.head_lr_scale=0"), tmp_path / "probe")

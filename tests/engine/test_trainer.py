@@ -43,6 +43,7 @@ def _cfg(pack, tmp_path, *overrides):
                 *data,
                 "val=none",
                 "trainer.batch_size=8",
+                "trainer.head_lr_scale=1",
                 "trainer.max_steps=3",
                 "trainer.checkpoint_every=0",
                 "model.input_size=32",
