@@ -5,9 +5,10 @@
 Each run directory's ``metrics.json`` gives the reported list's accuracy (``val/accuracy``), the
 selection list's (``select/accuracy``), the training wall time and the machine it ran on;
 ``config.yaml`` names the recipe (backbone, width, input size, head, steps). A run is on the
-frontier when no run was both faster and more accurate. Writes ``<out>.png`` (accuracy against
-minutes, frontier joined, one marker per CPU capability and thread count, so runs timed on
-different machines are not read as one curve) and ``<out>.md`` (the table, fastest first).
+frontier when no run on the same machine (CPU capability, threads) was both faster and more
+accurate. Writes ``<out>.png`` (accuracy against minutes, each machine's frontier joined, one
+marker per CPU capability and thread count, so runs timed on different machines are not read as one
+curve) and ``<out>.md`` (the table, fastest first).
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ def load_run(run: Path) -> dict:
     if "val/accuracy" not in metrics:
         raise ValueError(f"{run}: metrics.json has no val/accuracy (no final validation)")
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    m, machine = cfg["model"], metrics["machine"]
+    m, t, a, machine = cfg["model"], cfg["trainer"], cfg["augment"], metrics["machine"]
+    lr = cfg["optimizer"]["lr"]
     label = (
         f"{m['name']} x{m.get('width', 1.0):g} {m['input_size']}px {cfg['head']['name']} "
-        f"{cfg['trainer']['max_steps']} steps"
+        f"{t['max_steps']} steps, lr {lr * t.get('backbone_lr_scale', 1):g}"
+        f"/{lr * t.get('head_lr_scale', 1):g}"  # backbone / class centres
+        + (", crop aug" if a.get("tight_crop") or a.get("low_res") else "")
     )
     return {
         "run": run.name,
@@ -37,12 +41,13 @@ def load_run(run: Path) -> dict:
         "minutes": metrics["train"]["wall_time_s"] / 60,
         "accuracy": metrics["val/accuracy"],
         "select": metrics.get("select/accuracy"),
-        "machine": f"{machine['cpu_capability']}, {machine['threads']} threads",
+        "machine": f"{machine['cpu_capability']}, {machine['threads']} thread(s)",
     }
 
 
 def frontier(points: list[dict]) -> list[dict]:
-    """The points no other point beats on both time and accuracy, fastest first."""
+    """The points no other point beats on both time and accuracy, fastest first (call it on
+    one machine's points: minutes on two machines are not comparable)."""
     best, out = float("-inf"), []
     for p in sorted(points, key=lambda p: (p["minutes"], -p["accuracy"])):
         if p["accuracy"] > best:
@@ -79,11 +84,15 @@ def plot(points: list[dict], front: list[dict], path: Path, target: float | None
             label=machine,
         )
     for p in points:
-        ax.annotate(p["label"], (p["minutes"], p["accuracy"]), fontsize=6, alpha=0.8)
-    ax.plot([p["minutes"] for p in front], [p["accuracy"] for p in front], "k--", lw=1)
+        ax.annotate(p["run"], (p["minutes"], p["accuracy"]), fontsize=7, alpha=0.8)  # the
+        # recipe is in the table
+    for machine in sorted({p["machine"] for p in front}):
+        mine = [p for p in front if p["machine"] == machine]
+        ax.plot([p["minutes"] for p in mine], [p["accuracy"] for p in mine], "k--", lw=1)
     if target is not None:
         ax.axhline(target, color="grey", lw=0.8, ls=":", label=f"target {target:.0%}")
     ax.set_xlabel("training wall time (minutes)")
+    ax.set_title("recipes: the table beside this figure", fontsize=8)
     ax.set_ylabel("LFW View 1 DevTest accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -98,7 +107,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--target", type=float, default=None, help="a horizontal line, e.g. 0.88")
     args = p.parse_args(argv)
     points = [load_run(r) for r in args.runs]
-    front = frontier(points)
+    front = [
+        f
+        for m in {p["machine"] for p in points}
+        for f in frontier([p for p in points if p["machine"] == m])
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(table(points, front))
     plot(points, front, args.out.with_suffix(".png"), args.target)

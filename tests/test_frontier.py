@@ -1,0 +1,49 @@
+"""experiments/frontier.py: the accuracy-versus-minutes frontier, per machine."""
+
+import importlib.util
+import json
+
+import yaml
+
+from .conftest import REPO
+
+spec = importlib.util.spec_from_file_location("frontier", REPO / "experiments" / "frontier.py")
+frontier = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(frontier)
+
+
+def _p(run, minutes, accuracy, machine="AVX512, 2 thread(s)"):
+    return {"run": run, "minutes": minutes, "accuracy": accuracy, "machine": machine}
+
+
+def test_a_run_is_on_the_frontier_only_when_nothing_faster_is_as_accurate():
+    pts = [_p("a", 5, 0.80), _p("b", 6, 0.79), _p("c", 7, 0.85), _p("d", 7, 0.84), _p("e", 9, 0.85)]
+    assert [p["run"] for p in frontier.frontier(pts)] == ["a", "c"]
+
+
+def test_the_table_marks_the_frontier_within_each_machine(tmp_path):
+    for name, minutes, acc, threads in [("fast", 5, 0.87, 2), ("slow1", 30, 0.86, 1)]:
+        run = tmp_path / name
+        run.mkdir()
+        cfg = {
+            "model": {"name": "iresnet18", "width": 0.125, "input_size": 48},
+            "head": {"name": "cosface"},
+            "trainer": {"max_steps": 100, "head_lr_scale": 10.0},
+            "optimizer": {"lr": 0.1},
+            "augment": {"tight_crop": 0.0, "low_res": 0.0},
+        }
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        metrics = {
+            "val/accuracy": acc,
+            "select/accuracy": acc,
+            "train": {"wall_time_s": minutes * 60},
+            "machine": {"cpu_capability": "AVX512", "threads": threads},
+        }
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    out = tmp_path / "fig" / "frontier"
+    points = frontier.main([str(tmp_path / "fast"), str(tmp_path / "slow1"), "--out", str(out)])
+    assert points[0]["label"] == "iresnet18 x0.125 48px cosface 100 steps, lr 0.1/1"
+    rows = out.with_suffix(".md").read_text().splitlines()[2:]
+    # slower and less accurate, but the only run on its machine: on that machine's frontier
+    assert all(r.endswith("| yes |") for r in rows), rows
+    assert out.with_suffix(".png").stat().st_size > 0
