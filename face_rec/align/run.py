@@ -9,6 +9,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -66,6 +67,7 @@ from face_rec.utils.machine import machine_info
 log = logging.getLogger(__name__)
 
 PARTS_DIR = ".parts"
+LOCK_NAME = ".lock"  #: held by the job writing the pack (see _one_writer)
 #: bump when a code change alters the crops: packs made by other code are then rebuilt
 #: (4: outside_fraction and detect_retry columns; undetected images retried upscaled / padded)
 #: (5: crops warped from the landmarks rounded to the manifest's precision; box_reduce keeps the
@@ -464,6 +466,26 @@ def _load_part(parts: Path, index: int) -> ChunkResult:
         return ChunkResult(json.loads(str(z["rows"])), z["crops"], z["thumbs"])
 
 
+@contextlib.contextmanager
+def _one_writer(output_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``output_dir/.lock`` (POSIX ``flock``) while a job writes the
+    pack: two runs of a sweep that need the same missing pack would otherwise write and delete
+    each other's parts. Where ``fcntl`` is missing (Windows) no lock is taken."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(output_dir / LOCK_NAME, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another job is aligning into %s: waiting for it to finish", output_dir)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 def _prepare_parts(output_dir: Path, key: str) -> Path:
     """The parts folder for ``key``; parts of other settings or inputs are discarded."""
     return keyed_dir(output_dir / PARTS_DIR, key)
@@ -510,45 +532,46 @@ def run_alignment(
         raise FileNotFoundError(f"no image files under {str(input_dir)!r} (<identity>/<image>)")
     labels = {name: i for i, name in enumerate(sorted({f.identity for f in files}))}
     key = _resume_key(input_dir, files, settings, detector_settings or {}, chunk_size)
-    previous = read_summary(output_dir)
-    if previous is not None and previous.get("key") == key:
-        log.info("pack %s is already complete; nothing to do", output_dir)
-        return previous
-    (output_dir / SUMMARY_NAME).unlink(missing_ok=True)  # the pack is incomplete from here on
-    parts = _prepare_parts(output_dir, key)
-    chunks = [files[i : i + chunk_size] for i in range(0, len(files), chunk_size)]
-    todo = [i for i in range(len(chunks)) if not _part_path(parts, i).exists()]
-    n_todo = sum(len(chunks[i]) for i in todo)
-    start = time.perf_counter()
-    tasks = ((i, input_dir, chunks[i], labels, settings) for i in todo)
-    with tqdm(total=len(files), initial=len(files) - n_todo, unit="img", desc="align") as bar:
-        for index, result in _execute(tasks, make_detector, workers, threads_per_worker):
-            _save_part(parts, index, result)
-            bar.update(len(result.rows))
-    aligned_s = time.perf_counter() - start
-    summary = _assemble(output_dir, parts, len(chunks), settings, seed, shard_size)
-    summary.update(
-        key=key,
-        input_dir=str(input_dir),
-        n_inputs=len(files),
-        n_identities=len(labels),
-        ignored_files=ignored,
-        empty_identities=empty,
-        settings=asdict(settings),
-        detector=detector_settings or {},
-        versions=_versions(),
-        workers=_n_workers(workers),
-        machine=machine_info(),  # what this_run's time was measured on
-        this_run={
-            "images_processed": n_todo,
-            "resumed_images": len(files) - n_todo,
-            "wall_time_s": round(time.perf_counter() - start, 2),
-            "images_per_s": round(n_todo / aligned_s, 2) if aligned_s > 0 else None,
-        },
-    )
-    write_json(output_dir / SUMMARY_NAME, summary)
-    shutil.rmtree(parts)
-    return summary
+    with _one_writer(output_dir):  # a second job on this pack waits, then finds it complete
+        previous = read_summary(output_dir)
+        if previous is not None and previous.get("key") == key:
+            log.info("pack %s is already complete; nothing to do", output_dir)
+            return previous
+        (output_dir / SUMMARY_NAME).unlink(missing_ok=True)  # the pack is incomplete from here on
+        parts = _prepare_parts(output_dir, key)
+        chunks = [files[i : i + chunk_size] for i in range(0, len(files), chunk_size)]
+        todo = [i for i in range(len(chunks)) if not _part_path(parts, i).exists()]
+        n_todo = sum(len(chunks[i]) for i in todo)
+        start = time.perf_counter()
+        tasks = ((i, input_dir, chunks[i], labels, settings) for i in todo)
+        with tqdm(total=len(files), initial=len(files) - n_todo, unit="img", desc="align") as bar:
+            for index, result in _execute(tasks, make_detector, workers, threads_per_worker):
+                _save_part(parts, index, result)
+                bar.update(len(result.rows))
+        aligned_s = time.perf_counter() - start
+        summary = _assemble(output_dir, parts, len(chunks), settings, seed, shard_size)
+        summary.update(
+            key=key,
+            input_dir=str(input_dir),
+            n_inputs=len(files),
+            n_identities=len(labels),
+            ignored_files=ignored,
+            empty_identities=empty,
+            settings=asdict(settings),
+            detector=detector_settings or {},
+            versions=_versions(),
+            workers=_n_workers(workers),
+            machine=machine_info(),  # what this_run's time was measured on
+            this_run={
+                "images_processed": n_todo,
+                "resumed_images": len(files) - n_todo,
+                "wall_time_s": round(time.perf_counter() - start, 2),
+                "images_per_s": round(n_todo / aligned_s, 2) if aligned_s > 0 else None,
+            },
+        )
+        write_json(output_dir / SUMMARY_NAME, summary)
+        shutil.rmtree(parts)
+        return summary
 
 
 def current_pack(

@@ -244,3 +244,24 @@ def test_workers_are_forked_only_where_that_is_safe(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     monkeypatch.setattr(sys, "platform", "darwin")
     assert _start_method(1) == "spawn"
+
+
+def test_a_second_job_on_the_same_pack_waits_for_the_first_then_finds_it_complete(tmp_path):
+    import fcntl
+    import threading
+
+    root = _tree(tmp_path / "in", n_ids=2, per_id=2)
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    done = {}
+    with open(pack / ".lock", "w") as held:  # another job, mid-way through writing this pack
+        fcntl.flock(held, fcntl.LOCK_EX)
+        job = threading.Thread(
+            target=lambda: done.update(s=run_alignment(root, pack, FakeDetector, workers=0))
+        )
+        job.start()
+        job.join(timeout=1.0)
+        assert job.is_alive() and not (pack / ".parts").exists()  # waiting, wrote nothing
+    job.join(timeout=60)
+    assert not job.is_alive() and done["s"]["n_images"] == 4
+    assert read_summary(pack)["n_images"] == 4
