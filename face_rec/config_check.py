@@ -273,6 +273,7 @@ class EvalConfig:
 
     batch_size: int
     device: str
+    keep_freed_memory: bool
     flip: bool
     n_bootstrap: int
     seed: int

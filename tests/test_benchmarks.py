@@ -273,10 +273,12 @@ def test_a_failing_section_is_recorded_and_the_others_run(monkeypatch, tmp_path)
     assert "training" not in record["section_s"]  # not asked for
 
 
-def test_malloc_speed_quick_alternates_fresh_processes(tmp_path):
+@pytest.mark.parametrize("task", ["train", "embed"])
+def test_malloc_speed_quick_alternates_fresh_processes(tmp_path, task):
     out = tmp_path / "malloc_speed.json"
-    done = _script("malloc_speed", "--quick", "--repeats", "2", "--out", str(out))
+    done = _script("malloc_speed", "--quick", "--task", task, "--repeats", "2", "--out", str(out))
     record = json.loads(out.read_text())
+    assert record["settings"]["task"] == task
     _header_ok(record)
     rows = record["rows"]
     assert set(rows) == {"default", "keep_freed_memory"}

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from face_rec.align.cli import alignment_kwargs
 from face_rec.config_check import check_config
 from face_rec.data.pack import SUMMARY_NAME
-from face_rec.eval.cli import build_model, resolve_device
+from face_rec.eval.cli import build_model, eval_device
 from face_rec.eval.embed import embed_crops
 from face_rec.eval.identification import closed_set_identification
 from face_rec.eval.verification import PairImages, align_images
@@ -275,7 +275,7 @@ def identify_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
         reuse=packs,
         **alignment_kwargs(cfg.align),
     )
-    device = resolve_device(cfg.eval.device)
+    device = eval_device(cfg)
     model = build_model(cfg).to(device)
     usable = np.flatnonzero([not p for p in images.problems])
     feats = embed_crops(model, images.crops[usable], cfg.eval.batch_size, device, cfg.eval.flip)

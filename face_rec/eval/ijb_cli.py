@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from face_rec.config_check import check_config
 from face_rec.eval import ijb
-from face_rec.eval.cli import build_model, resolve_device
+from face_rec.eval.cli import build_model, eval_device, resolve_device
 from face_rec.eval.ijb_data import (
     ONE_N_FILES,
     FaceFeatures,
@@ -126,7 +126,7 @@ def face_features(cfg: DictConfig, meta: IJBMeta) -> tuple[FaceFeatures, np.ndar
     landmark rows in ``meta.faces``, sorted), extracted (or read from the cache) from
     ``<root>/loose_crop``."""
     faces = np.unique(meta.rows.face[meta.rows.face >= 0])
-    device = resolve_device(cfg.eval.device)
+    device = eval_device(cfg)
     store = extract_features(
         build_model(cfg).to(device),
         Path(cfg.root) / "loose_crop",

@@ -3,15 +3,17 @@
 By default glibc serves allocations above a (dynamic) threshold with fresh ``mmap`` pages and gives
 freed memory back to the kernel at once; a training step frees and re-allocates the same activation
 buffers every step, so each step page-faults them all in again (kernel time was a fifth of the
-preset's CPU time on the issue-15 AVX2 machine, 9% here). :func:`keep_freed_memory` raises the mmap
-threshold to 32 MiB and stops trimming, so freed buffers stay in the process and are reused: 1.11x
-training images/s for the demo's backbone, 1.17x for the preset's, the kernel's share of CPU time
-halved (medians of 5 fresh processes each, benchmarks/RESULTS.md; single runs vary by more than
-that). The same as starting Python with
-``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...:glibc.malloc.trim_threshold=...``, done in process
-so every way of starting a run gets it (forked DataLoader workers inherit it). The price: the
-process keeps its peak heap. No effect under another allocator (jemalloc, tcmalloc preloaded):
-glibc's settings then govern nothing.
+preset's CPU time on the issue-15 AVX2 machine, 9% here), and so does every batch an evaluation
+embeds. :func:`keep_freed_memory` stops glibc from using ``mmap`` for allocations and from trimming
+the heap, so freed buffers stay in the process and are reused, whatever their size (a raised mmap
+threshold would not do: glibc caps it at 32 MiB, below one activation of IResNet-50 at 112 px,
+batch 64): 1.11x training images/s for the demo's backbone, 1.17x for the preset's, the kernel's
+share of CPU time halved; IResNet-50 embedding at 112 px 1.2x, no page faults left
+(benchmarks/RESULTS.md; single runs vary by more than that). The same as starting Python with
+``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=...``, done in process so every
+way of starting a run gets it (forked DataLoader workers inherit it). The price: the process keeps
+its peak heap. No effect under another allocator (jemalloc, tcmalloc preloaded): glibc's settings
+then govern nothing.
 """
 
 from __future__ import annotations
@@ -25,13 +27,11 @@ log = logging.getLogger(__name__)
 # mallopt parameters (glibc <malloc.h>)
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
-M_MMAP_THRESHOLD = -3
-
-MMAP_THRESHOLD = 32 << 20  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: accepted by every glibc
+M_MMAP_MAX = -4
 
 
 def keep_freed_memory(
-    mmap_threshold: int = MMAP_THRESHOLD,
+    mmap_max: int = 0,
     trim_threshold: int = 2**31 - 1,
     top_pad: int = 256 << 20,
 ) -> bool:
@@ -46,7 +46,7 @@ def keep_freed_memory(
     except (OSError, AttributeError):
         return False
     settings = {
-        "mmap_threshold": (M_MMAP_THRESHOLD, mmap_threshold),
+        "mmap_max": (M_MMAP_MAX, mmap_max),  # 0: every allocation from the heap
         "trim_threshold": (M_TRIM_THRESHOLD, trim_threshold),
         "top_pad": (M_TOP_PAD, top_pad),
     }

@@ -196,3 +196,16 @@ def test_an_onnx_export_scores_view1_pairs_as_its_torch_model(lfw_root, tmp_path
     np.testing.assert_allclose(as_onnx["scores"], as_torch["scores"], atol=1e-5)
     assert as_onnx["accuracy_mean"] == as_torch["accuracy_mean"]
     assert as_onnx["auc"] == pytest.approx(as_torch["auc"], abs=1e-3)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_evaluation_on_cpu_keeps_freed_memory_as_configured(monkeypatch, keep):
+    """eval.keep_freed_memory: every evaluation command sets glibc's malloc through eval_device."""
+    import face_rec.eval.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(1) or True)
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        cfg = compose("eval_lfw", overrides=["eval.device=cpu", f"eval.keep_freed_memory={keep}"])
+    assert cli.eval_device(cfg) == "cpu"
+    assert bool(calls) == keep
