@@ -389,6 +389,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation
         cfg.trainer.num_workers,
         cfg.trainer.grad_clip_scope,
         frozen,
+        cfg.trainer.compile,
     )
     return trainer, validation, stats
 
@@ -463,6 +464,7 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
             "identities": trainer.dataset.num_classes,
             "final_loss": trainer.metrics.get("loss"),
             "malloc_keeps_freed_memory": bool(kept),
+            "compiled": trainer.compiled,
         },
         "machine": machine_info(trainer.device),  # what wall_time_s and images_per_s ran on
     }

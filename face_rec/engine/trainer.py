@@ -78,6 +78,8 @@ class Trainer:
         num_workers: int = 0,
         grad_clip_scope: str = "backbone",
         frozen: Sequence[nn.Module] = (),
+        compile: bool | str = False,
+        compile_backend: str = "inductor",
     ) -> None:
         self.model, self.head, self.loss_fn = model, head, loss_fn
         self.optimizer, self.scheduler, self.dataset, self.plan = (
@@ -126,6 +128,35 @@ class Trainer:
             self.forward_model = DDP(model, device_ids=ids)
             if head is not None and not isinstance(head, PartialFC):
                 self.forward_head = DDP(head, device_ids=ids)
+        self.compiled = self._compile_wanted(compile)
+        if self.compiled:  # the step's forward and backward through torch.compile; self.model
+            # (what validation embeds and checkpoints save) stays the eager module, same weights
+            self.forward_model = torch.compile(self.forward_model, backend=compile_backend)
+            log.info(
+                "backbone compiled (torch.compile, backend %s): the first step includes the "
+                "compilation (about 45 s on 2 CPU cores)",
+                compile_backend,
+            )
+
+    def _compile_wanted(self, setting: bool | str) -> bool:
+        """``trainer.compile``: true, false, or auto = where it was measured to win: on CPU,
+        depthwise backbones (MobileFaceNet 1.7x images/s compiled, its elementwise ops fused) in
+        runs of at least 500 steps; not plain-convolution ones (IResNet-18 1.06x, less than the
+        compile time pays back in a demo-length run), not ViTs, not on GPU (unmeasured here:
+        benchmarks/gpu_check.py measures it)."""
+        if setting not in (True, False, "auto"):
+            raise ValueError(f"trainer.compile={setting!r}: use auto, true or false")
+        on_cpu = self.device.type == "cpu"
+        if setting == "auto":  # the compile (~45 s) pays back after ~200 steps of the preset
+            setting = on_cpu and _has_depthwise_conv(self.model) and self.max_steps >= 500
+        if setting and on_cpu and _has_8_channel_conv(self.model):
+            log.warning(
+                "trainer.compile is off for this model: on CPU, torch's compiled backward of "
+                "a network with 8-channel convolutions corrupts memory (seen with torch 2.14.1, "
+                "iresnet18 model.width=0.125: 'double free or corruption')"
+            )
+            return False
+        return bool(setting)
 
     # ------------------------------------------------------------------ the loop
 
@@ -339,6 +370,13 @@ def _hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict]:
     """Each param group's settings but its parameters and the LR the scheduler sets."""
     skip = ("params", "lr", "initial_lr")
     return [{k: v for k, v in g.items() if k not in skip} for g in optimizer.param_groups]
+
+
+def _has_depthwise_conv(model: nn.Module) -> bool:
+    return any(
+        isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+        for m in model.modules()
+    )
 
 
 def _has_8_channel_conv(model: nn.Module) -> bool:

@@ -337,3 +337,49 @@ def test_a_pack_aligned_with_other_settings_is_named_in_a_warning(pack, tmp_path
     with caplog.at_level("WARNING"):
         build_trainer(_cfg(pack, tmp_path, "trainer.max_steps=1"), tmp_path / "run2")
     assert "border" not in caplog.text  # the same border: not named
+
+
+def test_compile_auto_picks_depthwise_backbones_in_long_cpu_runs(pack, tmp_path, caplog):
+    """auto: where compile was measured to win (benchmarks/RESULTS.md) and has time to pay."""
+
+    def compiled(*over):
+        return build_trainer(_cfg(pack, tmp_path, *over), tmp_path / "c")[0].compiled
+
+    long = "trainer.max_steps=500"
+    assert compiled("model=mobilefacenet", "model.width=0.25", long)
+    assert not compiled("model=mobilefacenet", "model.width=0.25")  # 3 steps: would not pay
+    assert not compiled("model=iresnet18", long)
+    assert compiled("model=iresnet18", "trainer.compile=true")
+    assert not compiled("model=mobilefacenet", long, "trainer.compile=false")
+    caplog.clear()
+    assert not compiled("model=iresnet18", "model.width=0.125", "trainer.compile=true")
+    assert "trainer.compile is off for this model" in caplog.text
+    with pytest.raises(ValueError, match="trainer.compile='yes': use auto, true or false"):
+        compiled("trainer.compile=yes")
+
+
+def test_compiled_training_matches_eager_and_saves_the_same_checkpoint(pack, tmp_path):
+    """The compiled step computes what the eager one does; checkpoints hold the eager module's
+    keys (no ``_orig_mod.``), so evaluation, export and resume read them as before."""
+    over = ["model=mobilefacenet", "model.width=0.25", "trainer.checkpoint_every=3"]
+    eager, eager_losses = _run(_cfg(pack, tmp_path, *over), tmp_path / "eager")
+    comp, comp_losses = _run(_cfg(pack, tmp_path, *over, "trainer.compile=true"), tmp_path / "c")
+    assert comp.compiled and not eager.compiled
+    np.testing.assert_allclose(comp_losses, eager_losses, rtol=1e-3)
+    a = load_checkpoint(tmp_path / "eager" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pt")["model"]
+    assert list(a) == list(b)
+    init = build_trainer(_cfg(pack, tmp_path, *over), tmp_path / "init")[0].model.state_dict()
+    for k in a:  # each tensor's 3-step update: the same to float reassociation (BatchNorm's
+        # statistics of 8 crops are the least stable), where another gradient would differ wholly
+        if a[k].is_floating_point():
+            update, diff = (a[k] - init[k]).double().norm(), (b[k] - a[k]).double().norm()
+            assert diff <= 0.05 * update + 1e-6, (k, float(diff), float(update))
+    # a compiled run resumes from its checkpoint (the eager module's state) and keeps training
+    resumed = _cfg(pack, tmp_path, *over, "trainer.compile=true", "trainer.max_steps=5")
+    trainer, _, _ = build_trainer(resumed, tmp_path / "c")
+    trainer.load_state_dict(load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pt"))
+    rec = Record()
+    trainer.hooks.append(rec)
+    trainer.train()
+    assert trainer.state.step == 5 and len(rec.losses) == 2 and all(np.isfinite(rec.losses))
