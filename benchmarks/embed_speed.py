@@ -9,11 +9,13 @@ the crops, so activations are as tame as a trained model's), ``--n`` random 112x
 (the pack's side; resized to the model's input as evaluation does) are embedded with flip TTA
 (``normalize(f(x) + f(flip x))``; ``--no-flip`` for one pass) by:
 
-- ``embed_crops``: :func:`face_rec.eval.embed.embed_crops` itself, as evaluation calls it (the
-  reference embeddings every other path is checked against);
+- ``embed_crops``: :func:`face_rec.eval.embed.embed_crops` itself, as evaluation calls it (at
+  ``--baseline-batch``, evaluation's ``eval.batch_size``; the reference embeddings every other
+  path is checked against);
 - torch paths: the same steps (uint8 -> [-1, 1] -> resize -> model -> flip -> normalise) under
   ``torch.no_grad`` or ``torch.inference_mode``, the model and the batch contiguous (NCHW) or
-  channels_last, at each ``--batches`` size;
+  channels_last, or only the batch channels_last (``channels_last_input``: the convolutions
+  then run channels_last with the model's weights as they are), at each ``--batches`` size;
 - onnxruntime (when importable): the model exported by :func:`face_rec.export.export_onnx`
   (parity-checked there) and run by :class:`face_rec.models.onnx_model.OnnxModel` on the CPU
   provider (its default threads), at each batch size.
@@ -50,11 +52,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from face_rec.data.augment import resize  # noqa: E402
 from face_rec.eval.embed import embed_crops  # noqa: E402
 from face_rec.models.registry import create_model  # noqa: E402
+from face_rec.utils.allocator import keep_freed_memory  # noqa: E402
 from face_rec.utils.io import write_json  # noqa: E402
 from face_rec.utils.machine import benchmark_header  # noqa: E402
 
 CROP = 112  #: the side of the packed crops evaluation reads
-LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+#: the batch's memory format per layout; "channels_last" also converts the model (a copy),
+#: "channels_last_input" leaves the model's weights as they are (what embed_crops can do to the
+#: training model it is given during validation without touching it)
+LAYOUTS = {
+    "contiguous": torch.contiguous_format,
+    "channels_last": torch.channels_last,
+    "channels_last_input": torch.channels_last,
+}
 GRAD_MODES = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
 
 
@@ -70,7 +80,7 @@ class Variant:
     @property
     def label(self) -> str:
         if self.engine == "embed_crops":
-            return f"embed_crops (current: inference_mode, contiguous, batch {self.batch})"
+            return f"embed_crops (evaluation's path), batch {self.batch}"
         if self.engine == "onnxruntime":
             return f"onnxruntime CPU, batch {self.batch}"
         return f"torch {self.grad}, {self.layout}, batch {self.batch}"
@@ -197,6 +207,7 @@ def benchmark_backbone(name: str, size: int, crops: np.ndarray, args) -> list[di
     model = build_backbone(name, size, args.width, crops)
     models = {"contiguous": model}
     models["channels_last"] = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    models["channels_last_input"] = model
     ref = embed_crops(model, crops, flip=args.flip)
     rows: list[dict] = []
 
@@ -207,7 +218,7 @@ def benchmark_backbone(name: str, size: int, crops: np.ndarray, args) -> list[di
 
     batches = [args.baseline_batch] if not args.full else args.batches
     first = [Variant("torch", g, lay, b) for b in batches for g in GRAD_MODES for lay in LAYOUTS]
-    first.append(Variant("embed_crops", "inference_mode", "contiguous", 128))
+    first.append(Variant("embed_crops", "inference_mode", "contiguous", args.baseline_batch))
     stage(first)
     if not args.full:
         ok = [r for r in rows if r["engine"] == "torch" and r["correct"]] or rows
@@ -304,6 +315,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--atol", type=float, default=1e-3, help="max |diff| of unit embeddings")
     p.add_argument("--out", type=Path, help="also write the record as JSON here")
     p.add_argument("--quick", action="store_true", help="tiny sizes for the smoke test")
+    p.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc keeps freed buffers, as evaluation's eval.keep_freed_memory (malloc_speed.py)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.width, args.n, args.repeats = ["mobilefacenet:32"], 0.25, 16, 1
@@ -315,6 +331,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.keep_freed_memory:
+        keep_freed_memory()
     crops = random_crops(args.n)
     rows = []
     for spec in args.models:

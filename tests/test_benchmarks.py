@@ -207,9 +207,10 @@ def test_embed_speed_quick_checks_every_path_against_embed_crops(tmp_path):
     _header_ok(record)
     rows = record["rows"]
     torch_rows = [r for r in rows if r["engine"] == "torch"]
-    # stage 1: both grad modes x both layouts at the baseline batch; stage 2: the other batch
+    # stage 1: both grad modes x the three layouts at the baseline batch; stage 2: the other batch
+    layouts = ("contiguous", "channels_last", "channels_last_input")
     assert {(r["grad"], r["layout"]) for r in torch_rows if r["batch"] == 4} == {
-        (g, lay) for g in ("no_grad", "inference_mode") for lay in ("contiguous", "channels_last")
+        (g, lay) for g in ("no_grad", "inference_mode") for lay in layouts
     }
     assert [r["batch"] for r in torch_rows if r["batch"] != 4] == [8]
     (base,) = [r for r in torch_rows if (r["grad"], r["layout"], r["batch"]) == BASELINE]
@@ -234,6 +235,7 @@ def test_embedding_paths_match_embed_crops_and_a_wrong_one_is_caught():
     models = {
         "contiguous": model,
         "channels_last": copy.deepcopy(model).to(memory_format=torch.channels_last),
+        "channels_last_input": model,
     }
     for grad, layout in itertools.product(("no_grad", "inference_mode"), models):
         v = es.Variant("torch", grad, layout, 4)  # batch 4 of 6: a partial last batch too
