@@ -97,13 +97,9 @@ class Trainer:
                 "class centres are not clipped) or all (backbone and head together)"
             )
         self.grad_clip_scope, self.frozen = grad_clip_scope, list(frozen)
-        if channels_last and self.device.type == "cpu" and _has_8_channel_conv(model):
-            log.warning(
-                "trainer.channels_last is off for this model: on CPU, torch's channels_last "
-                "backward of a convolution with 8 channels corrupts memory (seen with torch "
-                "2.14.1, iresnet18 model.width=0.125: 'free(): invalid next size')"
-            )
-            channels_last = False
+        channels_last = channels_last and self._cpu_backward_is_safe(
+            "channels_last", "channels_last", "free(): invalid next size"
+        )
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.weight = (
@@ -128,35 +124,49 @@ class Trainer:
             self.forward_model = DDP(model, device_ids=ids)
             if head is not None and not isinstance(head, PartialFC):
                 self.forward_head = DDP(head, device_ids=ids)
-        self.compiled = self._compile_wanted(compile)
+        if compile not in (True, False, "auto"):
+            raise ValueError(f"trainer.compile={compile!r}: use auto, true or false")
+        self.compile_setting = compile
+        self.compiled = self.compile_wanted()
         if self.compiled:  # the step's forward and backward through torch.compile; self.model
             # (what validation embeds and checkpoints save) stays the eager module, same weights
-            self.forward_model = torch.compile(self.forward_model, backend=compile_backend)
+            self.forward_model = torch.compile(
+                self.forward_model, backend=compile_backend, dynamic=False
+            )
             log.info(
                 "backbone compiled (torch.compile, backend %s): the first step includes the "
-                "compilation (about 45 s on 2 CPU cores)",
+                "compilation (about a minute on 2 CPU cores)",
                 compile_backend,
             )
 
-    def _compile_wanted(self, setting: bool | str) -> bool:
-        """``trainer.compile``: true, false, or auto = where it was measured to win: on CPU,
-        depthwise backbones (MobileFaceNet 1.7x images/s compiled, its elementwise ops fused) in
-        runs of at least 500 steps; not plain-convolution ones (IResNet-18 1.06x, less than the
-        compile time pays back in a demo-length run), not ViTs, not on GPU (unmeasured here:
-        benchmarks/gpu_check.py measures it)."""
-        if setting not in (True, False, "auto"):
-            raise ValueError(f"trainer.compile={setting!r}: use auto, true or false")
-        on_cpu = self.device.type == "cpu"
-        if setting == "auto":  # the compile (~45 s) pays back after ~200 steps of the preset
-            setting = on_cpu and _has_depthwise_conv(self.model) and self.max_steps >= 500
-        if setting and on_cpu and _has_8_channel_conv(self.model):
-            log.warning(
-                "trainer.compile is off for this model: on CPU, torch's compiled backward of "
-                "a network with 8-channel convolutions corrupts memory (seen with torch 2.14.1, "
-                "iresnet18 model.width=0.125: 'double free or corruption')"
-            )
-            return False
-        return bool(setting)
+    def compile_wanted(self) -> bool:
+        """``trainer.compile``: true, false, or auto = where it was measured to win
+        (benchmarks/RESULTS.md): on CPU, depthwise backbones (MobileFaceNet) with at least 500
+        steps left (the compilation, about a minute, is repaid after ~250 steps of the preset);
+        not plain-convolution ones (IResNet-18 1.06x, which the compile time does not repay in
+        a demo-length run), not ViTs, not on GPU (unmeasured here: benchmarks/gpu_check.py)."""
+        on_cpu, setting = self.device.type == "cpu", self.compile_setting
+        if setting == "auto":
+            steps_left = self.max_steps - self.state.step
+            setting = on_cpu and _has_depthwise_conv(self.model) and steps_left >= 500
+        return bool(setting) and self._cpu_backward_is_safe(
+            "compile", "compiled", "double free or corruption"
+        )
+
+    def _cpu_backward_is_safe(self, key: str, what: str, error: str) -> bool:
+        """False, with a warning, where torch 2.14.1's CPU backward of a network with 8-channel
+        convolutions corrupts memory in this mode (channels_last, compiled)."""
+        if self.device.type != "cpu" or not _has_8_channel_conv(self.model):
+            return True
+        log.warning(
+            "trainer.%s is off for this model: on CPU, torch's %s backward of a network with "
+            "8-channel convolutions corrupts memory (seen with torch 2.14.1, iresnet18 "
+            "model.width=0.125: '%s')",
+            key,
+            what,
+            error,
+        )
+        return False
 
     # ------------------------------------------------------------------ the loop
 
@@ -324,6 +334,8 @@ class Trainer:
         self._apply_configured(*configured)
         self.scaler.load_state_dict(state["scaler"])
         self.state = TrainState(**state["trainer"])
+        if self.compiled and not self.compile_wanted():  # auto, too few steps left to repay it
+            self.forward_model, self.compiled = self.forward_model._orig_mod, False
         saved_world = state.get("world_size", 1)
         streams = state.get("rank_streams") or [state]
         if saved_world != self.world:  # batches of B x W images: same images seen, new units

@@ -1,19 +1,20 @@
-"""glibc's allocator settings for CPU training.
+"""glibc's allocator settings for CPU training and evaluation.
 
 By default glibc serves allocations above a (dynamic) threshold with fresh ``mmap`` pages and gives
 freed memory back to the kernel at once; a training step frees and re-allocates the same activation
 buffers every step, so each step page-faults them all in again (kernel time was a fifth of the
 preset's CPU time on the issue-15 AVX2 machine, 9% here), and so does every batch an evaluation
 embeds. :func:`keep_freed_memory` stops glibc from using ``mmap`` for allocations and from trimming
-the heap, so freed buffers stay in the process and are reused, whatever their size (a raised mmap
-threshold would not do: glibc caps it at 32 MiB, below one activation of IResNet-50 at 112 px,
-batch 64): 1.11x training images/s for the demo's backbone, 1.17x for the preset's, the kernel's
-share of CPU time halved; IResNet-50 embedding at 112 px 1.2x, no page faults left
-(benchmarks/RESULTS.md; single runs vary by more than that). The same as starting Python with
-``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=...``, done in process so every
-way of starting a run gets it (forked DataLoader workers inherit it). The price: the process keeps
-its peak heap. No effect under another allocator (jemalloc, tcmalloc preloaded): glibc's settings
-then govern nothing.
+the heap (up to 2 GiB free at its top), so freed buffers stay in the process and are reused, large
+ones too (a raised mmap threshold would not do: glibc caps it at 32 MiB, below one activation of
+IResNet-50 at 112 px, batch 64): 1.06-1.11x training images/s for the demo's backbone, 1.16-1.17x
+for the preset's, the kernel's share of CPU time halved; IResNet-50 embedding at 112 px 1.25x,
+the kernel's share 17% -> 2% (benchmarks/RESULTS.md; single runs vary by more than that). The
+same as starting Python with
+``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=...``, done in process so
+every way of starting a run gets it (forked DataLoader workers inherit it). The price: the process
+keeps its peak heap. No effect under another allocator (jemalloc, tcmalloc preloaded): glibc's
+settings then govern nothing.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def keep_freed_memory(
     ]
     if refused:
         log.warning(
-            "glibc refused malloc settings %s (each must be in [0, 2**31)); training runs "
+            "glibc refused malloc settings %s (each must be in [0, 2**31)); this process runs "
             "with glibc's defaults for them",
             ", ".join(refused),
         )

@@ -351,6 +351,16 @@ def test_compile_auto_picks_depthwise_backbones_in_long_cpu_runs(pack, tmp_path,
     assert not compiled("model=iresnet18", long)
     assert compiled("model=iresnet18", "trainer.compile=true")
     assert not compiled("model=mobilefacenet", long, "trainer.compile=false")
+    # resumed with fewer than 500 steps left: auto drops the compilation it would not repay
+    trainer = build_trainer(
+        _cfg(pack, tmp_path, "model=mobilefacenet", "model.width=0.25", long), tmp_path / "r"
+    )[0]
+    state = trainer.state_dict()
+    trainer.load_state_dict(state)  # step 0 of 500: 500 left
+    assert trainer.compiled
+    state["trainer"]["step"] = 1
+    trainer.load_state_dict(state)
+    assert not trainer.compiled and trainer.forward_model is trainer.model
     caplog.clear()
     assert not compiled("model=iresnet18", "model.width=0.125", "trainer.compile=true")
     assert "trainer.compile is off for this model" in caplog.text
@@ -361,10 +371,14 @@ def test_compile_auto_picks_depthwise_backbones_in_long_cpu_runs(pack, tmp_path,
 def test_compiled_training_matches_eager_and_saves_the_same_checkpoint(pack, tmp_path):
     """The compiled step computes what the eager one does; checkpoints hold the eager module's
     keys (no ``_orig_mod.``), so evaluation, export and resume read them as before."""
+    from torch._dynamo.utils import counters
+
     over = ["model=mobilefacenet", "model.width=0.25", "trainer.checkpoint_every=3"]
     eager, eager_losses = _run(_cfg(pack, tmp_path, *over), tmp_path / "eager")
+    counters.clear()
     comp, comp_losses = _run(_cfg(pack, tmp_path, *over, "trainer.compile=true"), tmp_path / "c")
     assert comp.compiled and not eager.compiled
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo did compile the step's forward
     np.testing.assert_allclose(comp_losses, eager_losses, rtol=1e-3)
     a = load_checkpoint(tmp_path / "eager" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pt")["model"]
