@@ -200,7 +200,8 @@ def test_an_onnx_export_scores_view1_pairs_as_its_torch_model(lfw_root, tmp_path
 
 @pytest.mark.parametrize("keep", [True, False])
 def test_evaluation_on_cpu_keeps_freed_memory_as_configured(monkeypatch, keep):
-    """eval.keep_freed_memory: every evaluation command sets glibc's malloc through eval_device."""
+    """eval.keep_freed_memory: eval_lfw, eval_ijb and identify set glibc's malloc through
+    eval_device."""
     import face_rec.eval.cli as cli
 
     calls = []
