@@ -233,7 +233,7 @@ class TrainerConfig:
     backend: str
     precision: str
     channels_last: bool
-    compile: bool | Literal["auto"]
+    compile: bool
     grad_clip: float | None
     grad_clip_scope: Literal["backbone", "all"]
     backbone_lr_scale: float

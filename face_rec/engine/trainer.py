@@ -78,7 +78,7 @@ class Trainer:
         num_workers: int = 0,
         grad_clip_scope: str = "backbone",
         frozen: Sequence[nn.Module] = (),
-        compile: bool | str = False,
+        compile: bool = False,
         compile_backend: str = "inductor",
     ) -> None:
         self.model, self.head, self.loss_fn = model, head, loss_fn
@@ -124,10 +124,11 @@ class Trainer:
             self.forward_model = DDP(model, device_ids=ids)
             if head is not None and not isinstance(head, PartialFC):
                 self.forward_head = DDP(head, device_ids=ids)
-        if compile not in (True, False, "auto"):
-            raise ValueError(f"trainer.compile={compile!r}: use auto, true or false")
-        self.compile_setting = compile
-        self.compiled = self.compile_wanted()
+        if not isinstance(compile, bool):
+            raise ValueError(f"trainer.compile={compile!r}: use true or false")
+        self.compiled = compile and self._cpu_backward_is_safe(
+            "compile", "compiled", "double free or corruption"
+        )
         if self.compiled:  # the step's forward and backward through torch.compile; self.model
             # (what validation embeds and checkpoints save) stays the eager module, same weights
             self.forward_model = torch.compile(
@@ -138,20 +139,6 @@ class Trainer:
                 "compilation (about a minute on 2 CPU cores)",
                 compile_backend,
             )
-
-    def compile_wanted(self) -> bool:
-        """``trainer.compile``: true, false, or auto = where it was measured to win
-        (benchmarks/RESULTS.md): on CPU, depthwise backbones (MobileFaceNet) with at least 500
-        steps left (the compilation, about a minute, is repaid after ~250 steps of the preset);
-        not plain-convolution ones (IResNet-18 1.06x, which the compile time does not repay in
-        a demo-length run), not ViTs, not on GPU (unmeasured here: benchmarks/gpu_check.py)."""
-        on_cpu, setting = self.device.type == "cpu", self.compile_setting
-        if setting == "auto":
-            steps_left = self.max_steps - self.state.step
-            setting = on_cpu and _has_depthwise_conv(self.model) and steps_left >= 500
-        return bool(setting) and self._cpu_backward_is_safe(
-            "compile", "compiled", "double free or corruption"
-        )
 
     def _cpu_backward_is_safe(self, key: str, what: str, error: str) -> bool:
         """False, with a warning, where torch 2.14.1's CPU backward of a network with 8-channel
@@ -334,8 +321,6 @@ class Trainer:
         self._apply_configured(*configured)
         self.scaler.load_state_dict(state["scaler"])
         self.state = TrainState(**state["trainer"])
-        if self.compiled and not self.compile_wanted():  # auto, too few steps left to repay it
-            self.forward_model, self.compiled = self.forward_model._orig_mod, False
         saved_world = state.get("world_size", 1)
         streams = state.get("rank_streams") or [state]
         if saved_world != self.world:  # batches of B x W images: same images seen, new units
@@ -382,13 +367,6 @@ def _hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict]:
     """Each param group's settings but its parameters and the LR the scheduler sets."""
     skip = ("params", "lr", "initial_lr")
     return [{k: v for k, v in g.items() if k not in skip} for g in optimizer.param_groups]
-
-
-def _has_depthwise_conv(model: nn.Module) -> bool:
-    return any(
-        isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
-        for m in model.modules()
-    )
 
 
 def _has_8_channel_conv(model: nn.Module) -> bool:
