@@ -81,7 +81,6 @@ def build(name: str, args) -> torch.nn.Module:
 
 
 def reference(name: str, args) -> float:
-    torch._dynamo.reset()  # each backbone compiles anew (no recompile limit reached)
     model = build(name, args)
     head = CosineHead(512, args.classes)
     loss_fn = ArcFaceLoss()

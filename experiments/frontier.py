@@ -2,8 +2,8 @@
 
     python experiments/frontier.py logs/train/runs/demo_* --out experiments/figures/demo_frontier
 
-Each run directory's ``metrics.json`` gives the reported list's accuracy (``val/accuracy``), the
-selection list's (``select/accuracy``), the training wall time and the machine it ran on;
+Each run directory's ``metrics.json`` (read by :func:`face_rec.report.read_run`) gives the
+reported list's accuracy, the selection list's, the training wall time and the machine it ran on;
 ``config.yaml`` names the recipe (backbone, width, input size, head, steps). A run is on the
 frontier when no run on the same machine (CPU capability, threads) was both faster and more
 accurate. Writes ``<out>.png`` (accuracy against minutes, each machine's frontier joined, one
@@ -14,20 +14,21 @@ curve) and ``<out>.md`` (the table, fastest first).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import yaml
+
+from face_rec.report import read_run
 
 
 def load_run(run: Path) -> dict:
     """One run's point: label, minutes (training wall time), accuracy, selection accuracy,
     machine; raises naming the run when it has no final validation."""
-    metrics = json.loads((run / "metrics.json").read_text())
-    if "val/accuracy" not in metrics:
+    r = read_run(run)
+    if r.values.get("accuracy") is None:
         raise ValueError(f"{run}: metrics.json has no val/accuracy (no final validation)")
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    m, t, a, machine = cfg["model"], cfg["trainer"], cfg["augment"], metrics["machine"]
+    m, t, a = cfg["model"], cfg["trainer"], cfg["augment"]
     lr = cfg["optimizer"]["lr"]
     label = (
         f"{m['name']} x{m.get('width', 1.0):g} {m['input_size']}px {cfg['head']['name']} "
@@ -38,10 +39,10 @@ def load_run(run: Path) -> dict:
     return {
         "run": run.name,
         "label": label,
-        "minutes": metrics["train"]["wall_time_s"] / 60,
-        "accuracy": metrics["val/accuracy"],
-        "select": metrics.get("select/accuracy"),
-        "machine": f"{machine['cpu_capability']}, {machine['threads']} thread(s)",
+        "minutes": r.values["train_wall_time_s"] / 60,
+        "accuracy": r.values["accuracy"],
+        "select": r.values["select_accuracy"],
+        "machine": f"{r.machine['cpu_capability']}, {r.machine['threads']} thread(s)",
     }
 
 

@@ -54,6 +54,7 @@ class Run:
     values: dict = field(default_factory=dict)
     error: str = ""
     roc: tuple[np.ndarray, np.ndarray] | None = None
+    machine: dict | None = None  #: what the run's times were measured on (metrics.json)
     common: frozenset = frozenset()  #: overrides shared by every run of the report
 
     @property
@@ -111,7 +112,8 @@ def read_run(path: Path) -> Run:
         "train_wall_time_s": m.get("train", {}).get("wall_time_s"),
         "train_images_per_s": m.get("train", {}).get("images_per_s"),
     }
-    return Run(path, overrides, "ok", values, roc=read_roc_csv(path / "roc.csv"))
+    roc = read_roc_csv(path / "roc.csv")
+    return Run(path, overrides, "ok", values, roc=roc, machine=m.get("machine"))
 
 
 def read_roc_csv(path: Path) -> tuple[np.ndarray, np.ndarray] | None:

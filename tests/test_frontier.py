@@ -34,6 +34,7 @@ def test_the_table_marks_the_frontier_within_each_machine(tmp_path):
         }
         (run / "config.yaml").write_text(yaml.safe_dump(cfg))
         metrics = {
+            "val": {"accuracy_mean": acc},  # as train.py writes it (also flat: val/accuracy)
             "val/accuracy": acc,
             "select/accuracy": acc,
             "train": {"wall_time_s": minutes * 60},
