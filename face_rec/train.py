@@ -549,4 +549,6 @@ def train_entry(cfg: DictConfig, out_dir: str | Path, keep_going: bool = False) 
         return float("nan")
     finally:
         D.shutdown()
+    if D.rank() == 0:  # a run resumed after a failure is no longer failed (report.read_run)
+        (Path(out_dir) / "error.txt").unlink(missing_ok=True)
     return metrics.get(cfg.optimized_metric) if cfg.optimized_metric else None

@@ -379,3 +379,17 @@ def test_compiled_training_matches_eager_and_saves_the_same_checkpoint(pack, tmp
     trainer.hooks.append(rec)
     trainer.train()
     assert trainer.state.step == 5 and len(rec.losses) == 2 and all(np.isfinite(rec.losses))
+
+
+def test_a_run_that_finishes_after_a_failure_drops_its_error_file(pack, tmp_path):
+    """report.read_run lists a run with error.txt as failed: a resumed run that then finished
+    must not keep the failed attempt's file."""
+    from face_rec.report import read_run
+    from face_rec.train import train_entry
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "error.txt").write_text("RuntimeError: the earlier attempt\n")
+    train_entry(_cfg(pack, tmp_path, "model=iresnet18", "trainer.max_steps=1"), out)
+    assert not (out / "error.txt").exists()
+    assert read_run(out).status == "ok"
