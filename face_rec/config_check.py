@@ -126,6 +126,7 @@ class TopLevelConfig:
     ranks: list[int]  # identify.yaml: the rank-k accuracies reported
     max_rank: int  # identify.yaml: the CMC's last rank
     aligned: bool  # embed.yaml
+    keep_freed_memory: bool  # embed.yaml: glibc keeps freed buffers on the CPU
     batch_size: int
     device: str
     flip: bool

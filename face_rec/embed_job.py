@@ -29,6 +29,7 @@ from tqdm import tqdm
 from face_rec.align.run import list_inputs, run_alignment
 from face_rec.data.pack import open_images, read_manifest
 from face_rec.embedder import FaceEmbedder
+from face_rec.utils.allocator import keep_freed_memory_on
 from face_rec.utils.io import atomic_path, keyed_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ def embed_from_config(cfg: DictConfig) -> dict:
         )
 
     def embedder() -> FaceEmbedder:
-        return FaceEmbedder.from_checkpoint(
+        embedder = FaceEmbedder.from_checkpoint(
             cfg.checkpoint,
             cfg.model_name,
             cfg.device,
@@ -170,6 +171,8 @@ def embed_from_config(cfg: DictConfig) -> dict:
             flip=cfg.flip,
             align=False,
         )
+        keep_freed_memory_on(embedder.device, cfg.keep_freed_memory)
+        return embedder
 
     summary = embed_folder(
         input_dir,

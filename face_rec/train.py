@@ -34,7 +34,7 @@ from face_rec.eval.suite import PairSet, configured_sets, mean_accuracy
 from face_rec.eval.verification import PairImages, embed_pairs, measure_pairs
 from face_rec.models.backbones.resnet import freeze_stages
 from face_rec.models.partial_fc import PartialFC
-from face_rec.utils.allocator import keep_freed_memory
+from face_rec.utils.allocator import keep_freed_memory_on
 from face_rec.utils.checkpoint import load_checkpoint
 from face_rec.utils.io import write_json
 from face_rec.utils.machine import machine_info
@@ -445,8 +445,7 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer, validation, stats = build_trainer(cfg, out_dir)
-    # the process-wide malloc setting pays on CPU only (GPU activations live in torch's own cache)
-    kept = cfg.trainer.keep_freed_memory and trainer.device.type == "cpu" and keep_freed_memory()
+    kept = keep_freed_memory_on(trainer.device, cfg.trainer.keep_freed_memory)
     path = resume_path(cfg, out_dir)
     if path is not None:
         state = load_checkpoint(path, trainer.device)

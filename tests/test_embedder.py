@@ -333,13 +333,19 @@ def test_calibrate_far_writes_threshold_json(tmp_path):
         write_threshold(path, scores, same, 1e-4, "p.txt", "best.pt", None, True)
 
 
-def test_embed_py_runs_from_its_config_on_aligned_crops(checkpoint, tmp_path):
+@pytest.mark.parametrize("keep", [True, False])
+def test_embed_py_runs_from_its_config_on_aligned_crops(checkpoint, tmp_path, monkeypatch, keep):
     """The entry point's library function: the config's model options reach FaceEmbedder and the
-    default folder is used (a second run finds the work done)."""
+    default folder is used (a second run finds the work done); on the CPU, glibc's malloc keeps
+    freed memory as ``keep_freed_memory`` says."""
     from hydra import compose, initialize_config_dir
     from PIL import Image
 
+    import face_rec.utils.allocator as allocator
     from face_rec.embed_job import default_output_dir, embed_from_config
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
 
     rng = np.random.default_rng(0)
     for who in ("a", "b"):
@@ -354,10 +360,12 @@ def test_embed_py_runs_from_its_config_on_aligned_crops(checkpoint, tmp_path):
         "device=cpu",
         "batch_size=3",
         f"paths.log_dir={tmp_path}/logs",
+        f"keep_freed_memory={keep}",
     ]
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
         cfg = compose("embed", overrides=overrides)
     summary = embed_from_config(cfg)
+    assert len(calls) == keep
     emb = np.load(default_output_dir(cfg) / "embeddings.npy")
     assert emb.shape == (4, 16) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     assert summary["counts"]["ok"] == 4

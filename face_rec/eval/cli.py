@@ -37,7 +37,7 @@ from face_rec.eval.verification import (
     evaluate_pairs,
     leaked_identities,
 )
-from face_rec.utils.allocator import keep_freed_memory
+from face_rec.utils.allocator import keep_freed_memory_on
 from face_rec.utils.checkpoint import model_from_checkpoint
 from face_rec.utils.io import write_json
 from face_rec.utils.machine import machine_info
@@ -54,8 +54,7 @@ def eval_device(cfg: DictConfig) -> str:
     reuses freed buffers instead of page-faulting every batch's activations in again (IResNet-50
     at 112 px embeds 1.2x faster: benchmarks/RESULTS.md)."""
     device = resolve_device(cfg.eval.device)
-    if device == "cpu" and cfg.eval.keep_freed_memory:
-        keep_freed_memory()
+    keep_freed_memory_on(device, cfg.eval.keep_freed_memory)
     return device
 
 

@@ -23,6 +23,8 @@ import ctypes
 import logging
 import sys
 
+import torch
+
 log = logging.getLogger(__name__)
 
 # mallopt parameters (glibc <malloc.h>)
@@ -63,3 +65,11 @@ def keep_freed_memory(
             ", ".join(refused),
         )
     return not refused
+
+
+def keep_freed_memory_on(device: str | torch.device, enabled: bool = True) -> bool:
+    """:func:`keep_freed_memory` where it pays: for a job on the CPU (GPU activations live in
+    torch's caching allocator, so the process-wide setting would only keep host memory). The
+    one gate training (``trainer.keep_freed_memory``), evaluation (``eval.keep_freed_memory``) and
+    ``embed.py`` (``keep_freed_memory``) share; True when the setting was applied."""
+    return enabled and torch.device(device).type == "cpu" and keep_freed_memory()

@@ -198,15 +198,18 @@ def test_an_onnx_export_scores_view1_pairs_as_its_torch_model(lfw_root, tmp_path
     assert as_onnx["auc"] == pytest.approx(as_torch["auc"], abs=1e-3)
 
 
-@pytest.mark.parametrize("keep", [True, False])
-def test_evaluation_on_cpu_keeps_freed_memory_as_configured(monkeypatch, keep):
+@pytest.mark.parametrize(("device", "keep"), [("cpu", True), ("cpu", False), ("cuda", True)])
+def test_evaluation_on_cpu_keeps_freed_memory_as_configured(monkeypatch, device, keep):
     """eval.keep_freed_memory: eval_lfw, eval_ijb and identify set glibc's malloc through
-    eval_device."""
+    eval_device, on the CPU only."""
     import face_rec.eval.cli as cli
+    import face_rec.utils.allocator as allocator
 
     calls = []
-    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
-        cfg = compose("eval_lfw", overrides=["eval.device=cpu", f"eval.keep_freed_memory={keep}"])
-    assert cli.eval_device(cfg) == "cpu"
-    assert bool(calls) == keep
+        cfg = compose(
+            "eval_lfw", overrides=[f"eval.device={device}", f"eval.keep_freed_memory={keep}"]
+        )
+    assert cli.eval_device(cfg) == device
+    assert len(calls) == (device == "cpu" and keep)
