@@ -24,13 +24,13 @@ and the rest go on; the JSON is rewritten after every section, so a killed run k
 4. evaluation: :func:`face_rec.eval.embed.embed_crops` (flip TTA, uint8 crops from host memory)
    in fp32 and under fp16 / bf16 autocast, contiguous and channels_last, batch 256 and 512; each
    low-precision path's embeddings are compared with fp32's (smallest cosine).
-5. training, ``torch.compile`` of the backbone (``model.compile()``, in place: the Trainer runs
-   unchanged): the same grid, batch 256 and channels_last first. Compile time (first step minus
-   a median step) is reported apart from images/s. A config starts only when the longest compile
-   seen so far (90 s assumed before the first) fits before the deadline. Inductor compiles
-   forward and backward for about a minute or more per config, so not all 24 fit in 8 minutes
-   with the sections before them: the rest are recorded as skipped; a second run with
-   ``--sections compiled`` covers more of them. A compile error (other than out of memory)
+5. training, ``torch.compile`` through the Trainer (``Trainer(compile=True)``, as
+   ``trainer.compile=true`` trains): the same grid, batch 256 and channels_last first. Compile
+   time (first step minus a median step) is reported apart from images/s. A config starts only
+   when the longest compile seen so far (90 s assumed before the first) fits before the deadline.
+   Inductor compiles forward and backward for about a minute or more per config, so not all 24
+   fit in 8 minutes with the sections before them: the rest are recorded as skipped; a second
+   run with ``--sections compiled`` covers more of them. A compile error (other than out of memory)
    skips the remaining compiled configs, which would fail alike.
 
 Timed steps per config: ``--warmup`` 3 + ``--steps`` 10 on the GPU (eager; an estimated 2-3
@@ -228,8 +228,10 @@ def make_trainer(
     precision: str,
     layout: str,
     plan: Plan,
+    compiled: bool = False,
 ) -> Trainer:
-    """face_rec's Trainer with the default config's augmentation, clipping and SGD."""
+    """face_rec's Trainer with the default config's augmentation, clipping and SGD; ``compiled``:
+    its forward and backward through ``torch.compile`` (``plan.compile_backend``)."""
     params = [p for m in (model, head, loss) if m is not None for p in m.parameters()]
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
     augment = Augment(flip=0.5, shift=4, brightness=0.2, contrast=0.2, saturation=0.2)
@@ -248,6 +250,8 @@ def make_trainer(
         precision=precision,
         grad_clip=5.0,
         channels_last=layout == "channels_last",
+        compile=compiled,
+        compile_backend=plan.compile_backend,
     )
 
 
@@ -287,10 +291,13 @@ def train_config(
     model = backbone(name, plan)
     with torch.device(plan.device):
         head = CosineHead(plan.embedding_dim, plan.classes)
-    trainer = make_trainer(model, head, ArcFaceLoss(), precision, layout, plan)
     if compiled:
         torch._dynamo.reset()  # fresh caches: each config compiles anew, no recompile limit
-        model.compile(backend=plan.compile_backend, dynamic=False)
+    trainer = make_trainer(model, head, ArcFaceLoss(), precision, layout, plan, compiled)
+    if compiled and not trainer.compiled:
+        raise RuntimeError(
+            "the Trainer left this model eager (see its warning): not a compiled figure"
+        )
     out = time_trainer(
         trainer, synthetic_batch(batch, plan.classes, plan), plan.warmup + int(compiled), plan
     )
