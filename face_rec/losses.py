@@ -171,7 +171,9 @@ class CurricularFaceLoss(nn.Module):
     the plain cosine without the fallback, as in the official code (``mask = cos_theta >
     cos_theta_m``).
 
-    t is a buffer (state), not a learned parameter; it is saved in checkpoints.
+    t is a buffer (state), not a learned parameter; it is saved in checkpoints. Under DDP it moves
+    with the mean over every rank's rows (the global batch), so all ranks hold the same t and a
+    multi-rank run equals one process on the global batch (as AdaFace's statistics below).
     """
 
     def __init__(self, s: float = 64.0, m: float = 0.5, momentum: float = 0.01) -> None:
@@ -188,7 +190,8 @@ class CurricularFaceLoss(nn.Module):
         target = self.arc.psi(cos_y)
         if self.training:
             with torch.no_grad():
-                self.t.mul_(1 - self.momentum).add_(self.momentum * cos_y.mean())
+                every = D.all_gather(cos_y.detach().contiguous())
+                self.t.mul_(1 - self.momentum).add_(self.momentum * every.mean())
         theta_y = torch.acos(cos_y.clamp(-1 + 1e-7, 1 - 1e-7))
         hard = cos > torch.cos(theta_y + self.arc.m2)
         cos = torch.where(hard, cos * (self.t + cos), cos)

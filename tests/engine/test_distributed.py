@@ -105,11 +105,12 @@ def _heads_problem():
 
 def _heads_setup(name: str):
     """(margin loss, sub-centres per identity) of each case."""
-    from face_rec.losses import AdaFaceLoss, ArcFaceLoss, MagFaceLoss
+    from face_rec.losses import AdaFaceLoss, ArcFaceLoss, CurricularFaceLoss, MagFaceLoss
 
     return {
         "subcenter_arcface": (ArcFaceLoss(s=16.0, m=0.5), HK),
         "adaface": (AdaFaceLoss(s=16.0, t_alpha=0.5), 1),
+        "curricularface": (CurricularFaceLoss(s=16.0, m=0.5, momentum=0.5), 1),
         "magface": (MagFaceLoss(s=16.0, l_a=5.0, u_a=20.0, lambda_g=20.0), 1),
     }[name]
 
@@ -192,18 +193,19 @@ def test_partial_fc_on_two_ranks_equals_the_head_of_one_process(tmp_path, name):
         assert ref["norms"].min() < 5.0 < 20.0 < ref["norms"].max()
 
 
-def _adaface_replicated_step(rank: int, world: int) -> dict:
-    """AdaFace without Partial FC: backbone and head under DDP, each rank its own rows."""
+def _replicated_step(rank: int, world: int, name: str) -> dict:
+    """A loss with batch statistics (AdaFace's norms, CurricularFace's t) without Partial FC:
+    backbone and head under DDP, each rank its own rows."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from face_rec.models.heads import CosineHead
 
     x, labels, backbone, _ = _heads_problem()
-    loss_fn = _heads_setup("adaface")[0]
+    loss_fn = _heads_setup(name)[0]
     model, head = torch.nn.Linear(HIN, HDIM, bias=False), CosineHead(HDIM, HC)
     with torch.no_grad():
         model.weight.copy_(backbone)
-        head.weight.copy_(_heads_centres("adaface"))
+        head.weight.copy_(_heads_centres(name))
     rows = slice(rank * HB, (rank + 1) * HB)
     ddp_model, ddp_head = DDP(model), DDP(head)  # alive until backward
     emb = ddp_model(x[rows])
@@ -213,11 +215,13 @@ def _adaface_replicated_step(rank: int, world: int) -> dict:
             "buffers": loss_fn.state_dict()}  # fmt: skip
 
 
-def test_adaface_statistics_cover_the_global_batch_under_ddp(tmp_path):
-    """Each rank's statistics are those of all 2B rows (not its own B): the same on every rank,
-    so a checkpoint (rank 0's) resumes every rank exactly, and the losses are one process's."""
-    ref = _heads_reference("adaface")
-    ranks = run_ranks(_adaface_replicated_step, 2, tmp_path)
+@pytest.mark.parametrize("name", ["adaface", "curricularface"])
+def test_batch_statistics_cover_the_global_batch_under_ddp(tmp_path, name):
+    """Each rank's statistics (AdaFace's norm mean and std, CurricularFace's t) are those of all
+    2B rows (not its own B): the same on every rank, so a checkpoint (rank 0's) resumes every
+    rank exactly, and the losses are one process's."""
+    ref = _heads_reference(name)
+    ranks = run_ranks(_replicated_step, 2, tmp_path, name)
     torch.testing.assert_close(torch.cat([r["loss"] for r in ranks]), ref["loss"])
     for r in ranks:
         torch.testing.assert_close(r["centre_grad"], ref["centre_grad"])
