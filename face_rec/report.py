@@ -3,8 +3,8 @@
 Reads every run directory found (a Hydra multirun's job folders, or plain run folders): its
 ``.hydra/overrides.yaml``, ``metrics.json`` (or ``error.txt`` for a failed run) and ``roc.csv``.
 Writes into the first directory (or ``--out``): ``results.csv`` (one row per run),
-``results.md`` (runs, then settings aggregated over seeds as mean +- std, with a note where two
-settings' intervals overlap, then the failed runs with their errors) and ``roc_overlay.png``
+``results.md`` (runs, then settings aggregated over seeds as mean +- sample std, with a note where
+two settings' intervals overlap, then the failed runs with their errors) and ``roc_overlay.png``
 (every run, and any published ROC files, on one log-FPR plot).
 """
 
@@ -136,7 +136,9 @@ def read_published_roc(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def aggregate(runs: list[Run]) -> list[dict]:
-    """Per setting: number of seeds, mean and std (population) of each headline metric."""
+    """Per setting: number of seeds, and (mean, std) of the selection list's accuracy and each
+    headline metric; std is the sample std (N - 1: a few seeds' population std understates the
+    spread, by 1.4x at two seeds), None for a single run."""
     groups: dict[str, list[Run]] = defaultdict(list)
     for r in runs:
         if r.status == "ok":
@@ -144,9 +146,10 @@ def aggregate(runs: list[Run]) -> list[dict]:
     out = []
     for setting, members in groups.items():
         row = {"setting": setting, "n": len(members)}
-        for key in (*HEADLINE, "train_wall_time_s", "train_images_per_s"):
+        for key in ("select_accuracy", *HEADLINE, "train_wall_time_s", "train_images_per_s"):
             vals = [r.values[key] for r in members if r.values.get(key) is not None]
-            row[key] = (float(np.mean(vals)), float(np.std(vals))) if vals else None
+            std = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+            row[key] = (float(np.mean(vals)), std) if vals else None
         out.append(row)
     return out
 
@@ -154,7 +157,7 @@ def aggregate(runs: list[Run]) -> list[dict]:
 def overlaps(settings: list[dict], key: str = "accuracy") -> list[str]:
     """Notes for pairs of settings whose mean +- std intervals of ``key`` overlap."""
     notes = []
-    scored = [s for s in settings if s[key] is not None and s["n"] > 1]
+    scored = [s for s in settings if s[key] is not None and s[key][1] is not None]
     for i, a in enumerate(scored):
         for b in scored[i + 1 :]:
             (ma, sa), (mb, sb) = a[key], b[key]
@@ -171,7 +174,7 @@ def _fmt(v) -> str:
     if v is None:
         return "-"
     if isinstance(v, tuple):
-        return f"{v[0]:.4f} +- {v[1]:.4f}"
+        return f"{v[0]:.4f}" if v[1] is None else f"{v[0]:.4f} +- {v[1]:.4f}"
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
@@ -226,15 +229,16 @@ def write_report(runs: list[Run], out: Path, published: dict[str, Path] | None =
         "best.pt and the sweep objective (`model_selection` in each run's metrics.json); pick "
         "among runs by it, not by the test accuracy.",
         "",
-        "## Settings (mean +- std over seeds)",
+        "## Settings (mean +- sample std over seeds)",
         "",
-        "| setting | runs | accuracy | EER | AUC | TAR@1e-2 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| setting | runs | selection acc. | accuracy | EER | AUC | TAR@1e-2 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in settings:
         lines.append(
-            f"| {s['setting']} | {s['n']} | {_fmt(s['accuracy'])} | {_fmt(s['eer'])} "
-            f"| {_fmt(s['auc'])} | {_fmt(s['tar_at_far_1e-2'])} |"
+            f"| {s['setting']} | {s['n']} | {_fmt(s['select_accuracy'])} | "
+            f"{_fmt(s['accuracy'])} | {_fmt(s['eer'])} | {_fmt(s['auc'])} | "
+            f"{_fmt(s['tar_at_far_1e-2'])} |"
         )
     notes = overlaps(settings)
     if notes:

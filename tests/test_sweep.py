@@ -40,8 +40,12 @@ def test_heads_by_seeds_sweep_writes_the_report(tiny, tmp_path):
     }
     md = (out / "results.md").read_text()
     for head in ("softmax", "arcface", "cosface"):
-        accs = [float(r["accuracy"]) for r in rows if r["overrides"].startswith(f"head={head} ")]
-        assert f"| head={head} | 2 | {np.mean(accs):.4f} +- {np.std(accs):.4f} |" in md
+        mine = [r for r in rows if r["overrides"].startswith(f"head={head} ")]
+        sel, acc = ([float(r[k]) for r in mine] for k in ("select_accuracy", "accuracy"))
+        assert (
+            f"| head={head} | 2 | {np.mean(sel):.4f} +- {np.std(sel, ddof=1):.4f} | "
+            f"{np.mean(acc):.4f} +- {np.std(acc, ddof=1):.4f} |"
+        ) in md
     assert (out / "roc_overlay.png").stat().st_size > 10_000
     assert len(list(out.glob("*/checkpoints/last.pt"))) == 6  # each job in its own directory
 
@@ -57,22 +61,28 @@ def test_a_failed_job_is_listed_not_hidden(tiny, tmp_path):
     assert "model.name=nosuchnet" in (out / "results.md").read_text().split("Failed")[1]
 
 
-def _run(overrides, acc):
-    return Run(REPO, overrides, "ok", {"accuracy": acc, "eer": 1 - acc, "auc": acc})
+def _run(overrides, acc, select=None):
+    values = {"accuracy": acc, "eer": 1 - acc, "auc": acc, "select_accuracy": select}
+    return Run(REPO, overrides, "ok", values)
 
 
 def test_aggregates_over_seeds_and_overlap_notes():
     runs = [
-        _run(["head=a", "seed=1"], 0.80),
-        _run(["head=a", "seed=2"], 0.84),
+        _run(["head=a", "seed=1"], 0.80, 0.70),
+        _run(["head=a", "seed=2"], 0.84, 0.76),
         _run(["head=b", "seed=1"], 0.83),
         _run(["head=b", "seed=2"], 0.85),
         _run(["head=c", "seed=1"], 0.95),
         _run(["head=c", "seed=2"], 0.95),
+        _run(["head=d", "seed=1"], 0.90),
     ]
     settings = {s["setting"]: s for s in aggregate(runs)}
     assert settings["head=a"]["n"] == 2
-    assert settings["head=a"]["accuracy"] == pytest.approx((0.82, 0.02))
+    # the sample std (N - 1) over seeds: |0.84 - 0.80| / sqrt(2)
+    assert settings["head=a"]["accuracy"] == pytest.approx((0.82, 0.04 / 2**0.5))
+    assert settings["head=a"]["select_accuracy"] == pytest.approx((0.73, 0.06 / 2**0.5))
+    assert settings["head=b"]["select_accuracy"] is None  # no selection list in these runs
+    assert settings["head=d"]["accuracy"] == (0.90, None)  # one seed: no spread to report
     notes = overlaps(list(settings.values()))
     assert len(notes) == 1 and "`head=a` and `head=b`" in notes[0]  # c is clearly apart
 
