@@ -294,10 +294,8 @@ def train_config(
     if compiled:
         torch._dynamo.reset()  # fresh caches: each config compiles anew, no recompile limit
     trainer = make_trainer(model, head, ArcFaceLoss(), precision, layout, plan, compiled)
-    if compiled and not trainer.compiled:
-        raise RuntimeError(
-            "the Trainer left this model eager (see its warning): not a compiled figure"
-        )
+    if compiled and not trainer.compiled:  # 8-channel convolutions on the CPU (its warning)
+        return {"status": "skipped", "reason": "the Trainer leaves this model eager"}
     out = time_trainer(
         trainer, synthetic_batch(batch, plan.classes, plan), plan.warmup + int(compiled), plan
     )

@@ -163,7 +163,7 @@ def embed_from_config(cfg: DictConfig) -> dict:
         )
 
     def embedder() -> FaceEmbedder:
-        embedder = FaceEmbedder.from_checkpoint(
+        made = FaceEmbedder.from_checkpoint(
             cfg.checkpoint,
             cfg.model_name,
             cfg.device,
@@ -171,8 +171,8 @@ def embed_from_config(cfg: DictConfig) -> dict:
             flip=cfg.flip,
             align=False,
         )
-        keep_freed_memory_on(embedder.device, cfg.keep_freed_memory)
-        return embedder
+        keep_freed_memory_on(made.device, cfg.keep_freed_memory)
+        return made
 
     summary = embed_folder(
         input_dir,

@@ -171,9 +171,10 @@ class CurricularFaceLoss(nn.Module):
     the plain cosine without the fallback, as in the official code (``mask = cos_theta >
     cos_theta_m``).
 
-    t is a buffer (state), not a learned parameter; it is saved in checkpoints. Under DDP it moves
-    with the mean over every rank's rows (the global batch), so all ranks hold the same t and a
-    multi-rank run equals one process on the global batch (as AdaFace's statistics below).
+    t is a buffer (state), not a learned parameter; it is saved in checkpoints. It moves at every
+    training call (each micro-batch when the trainer accumulates gradients); under DDP with the
+    mean over every rank's rows, so all ranks hold the same t and a multi-rank run equals one
+    process on the global batch (as AdaFace's statistics below).
     """
 
     def __init__(self, s: float = 64.0, m: float = 0.5, momentum: float = 0.01) -> None:

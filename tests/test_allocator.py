@@ -54,3 +54,21 @@ def test_freed_buffers_stay_in_the_process_instead_of_going_back_to_the_kernel()
     assert tuned[0] == "True"
     assert default[1] > pages // 2  # glibc's default gave the freed memory back: faulted in again
     assert tuned[1] < pages // 100  # kept for the next step's buffers, the large blocks too
+
+
+@pytest.mark.parametrize(
+    ("device", "enabled", "applied"),
+    [("cpu", True, True), ("cpu", False, False), ("cuda:1", True, False), ("meta", True, False)],
+)
+def test_the_setting_is_applied_on_the_cpu_only_and_when_enabled(
+    monkeypatch, device, enabled, applied
+):
+    import torch
+
+    from face_rec.utils import allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
+    for d in (device, torch.device(device)):  # a device's name or the device itself
+        assert allocator.keep_freed_memory_on(d, enabled) is applied
+    assert len(calls) == 2 * applied

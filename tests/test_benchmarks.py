@@ -160,6 +160,16 @@ def test_a_failing_config_does_not_stop_the_others(monkeypatch):
     assert all(r["status"] == "skipped" and "C++" in r["reason"] for r in rows[1:])
 
 
+def test_a_model_the_trainer_leaves_eager_is_skipped_not_timed_as_compiled():
+    """On the CPU the Trainer keeps 8-channel models eager (torch 2.14.1's backward corrupts
+    memory compiled): such a config is not reported as a compiled figure, nor as a compile
+    failure that would skip the configs after it."""
+    gc = _module("gpu_check")
+    plan = gc.Plan(**{**gc.SMOKE, "width": 0.125})  # IResNet's first stage: 8 channels
+    row = gc.train_config("iresnet50", 4, "fp32", "contiguous", True, plan)
+    assert row == {"status": "skipped", "reason": "the Trainer leaves this model eager"}
+
+
 def test_compiled_configs_run_the_largest_batch_and_channels_last_first():
     gc = _module("gpu_check")
     plan = gc.Plan()

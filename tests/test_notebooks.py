@@ -41,7 +41,7 @@ def test_compare_runs_executes_every_cell(sweep, monkeypatch):
     pngs = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(pngs) == 4  # ROC overlay, false accepts, false rejects, distributions
     text = "".join(o.get("data", {}).get("text/markdown", "") for c in code for o in c.outputs)
-    assert "## Settings (mean +- std over seeds)" in text and "head=cosface" in text
+    assert "## Settings (mean +- sample std over seeds)" in text and "head=cosface" in text
 
 
 def test_hardest_errors_are_the_most_confident_mistakes(sweep):

@@ -1,4 +1,4 @@
-"""glibc's allocator settings for CPU training and evaluation.
+"""glibc's allocator settings for CPU training, evaluation and embedding.
 
 By default glibc serves allocations above a (dynamic) threshold with fresh ``mmap`` pages and gives
 freed memory back to the kernel at once; a training step frees and re-allocates the same activation
@@ -22,8 +22,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import sys
-
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +65,10 @@ def keep_freed_memory(
     return not refused
 
 
-def keep_freed_memory_on(device: str | torch.device, enabled: bool = True) -> bool:
+def keep_freed_memory_on(device, enabled: bool = True) -> bool:
     """:func:`keep_freed_memory` where it pays: for a job on the CPU (GPU activations live in
     torch's caching allocator, so the process-wide setting would only keep host memory). The
     one gate training (``trainer.keep_freed_memory``), evaluation (``eval.keep_freed_memory``) and
-    ``embed.py`` (``keep_freed_memory``) share; True when the setting was applied."""
-    return enabled and torch.device(device).type == "cpu" and keep_freed_memory()
+    ``embed.py`` (``keep_freed_memory``) share. ``device``: a ``torch.device`` or its name
+    (``cpu``, ``cuda:1``); True when the setting was applied."""
+    return enabled and str(device).split(":")[0] == "cpu" and keep_freed_memory()

@@ -228,7 +228,7 @@ def test_nan_stops_with_a_clear_message(pack, tmp_path):
         _run(cfg, tmp_path / "run")
 
 
-def test_full_run_writes_checkpoints_metrics_and_validation(pack, tmp_path):
+def test_full_run_writes_checkpoints_metrics_and_validation(pack, tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (20, 112, 112, 3), dtype=np.uint8)
     write_bin(tmp_path / "val.bin", crops[:10], crops[10:], np.arange(10) % 2 == 0)
@@ -247,7 +247,12 @@ def test_full_run_writes_checkpoints_metrics_and_validation(pack, tmp_path):
         "trainer.checkpoint_every=2",
     )
     out = tmp_path / "run"
+    import face_rec.utils.allocator as allocator
+
+    calls = []  # trainer.keep_freed_memory (on by default) sets glibc's malloc, on the CPU
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
     metrics = train_from_config(cfg, out)
+    assert calls == [1] and metrics["train"]["malloc_keeps_freed_memory"] is True
     assert metrics["train"]["steps"] == 4 and len(metrics["val_history"]) == 2
     assert 0 <= metrics["val/accuracy"] <= 1
     assert (out / "metrics.json").is_file() and (out / "config.yaml").is_file()

@@ -199,7 +199,7 @@ def test_an_onnx_export_scores_view1_pairs_as_its_torch_model(lfw_root, tmp_path
 
 
 @pytest.mark.parametrize(("device", "keep"), [("cpu", True), ("cpu", False), ("cuda", True)])
-def test_evaluation_on_cpu_keeps_freed_memory_as_configured(monkeypatch, device, keep):
+def test_evaluation_keeps_freed_memory_on_the_cpu_as_configured(monkeypatch, device, keep):
     """eval.keep_freed_memory: eval_lfw, eval_ijb and identify set glibc's malloc through
     eval_device, on the CPU only."""
     import face_rec.eval.cli as cli
