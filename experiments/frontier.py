@@ -4,7 +4,8 @@
 
 Each run directory's ``metrics.json`` (read by :func:`face_rec.report.read_run`) gives the
 reported list's accuracy, the selection list's, the training wall time and the machine it ran on;
-``config.yaml`` names the recipe (backbone, width, input size, head, steps). A run is on the
+``config.yaml`` names the recipe (backbone, width, input size, head, steps, batch size, learning
+rates, training sources). A run is on the
 frontier when no run on the same machine (CPU capability, threads) was both faster and more
 accurate. Writes ``<out>.png`` (accuracy against minutes, each machine's frontier joined, one
 marker per CPU capability and thread count, so runs timed on different machines are not read as one
@@ -32,9 +33,10 @@ def load_run(run: Path) -> dict:
     lr = cfg["optimizer"]["lr"]
     label = (
         f"{m['name']} x{m.get('width', 1.0):g} {m['input_size']}px {cfg['head']['name']} "
-        f"{t['max_steps']} steps, lr {lr * t.get('backbone_lr_scale', 1):g}"
+        f"{t['max_steps']} steps of {t['batch_size']}, lr {lr * t.get('backbone_lr_scale', 1):g}"
         f"/{lr * t.get('head_lr_scale', 1):g}"  # backbone / class centres
         + (", crop aug" if a.get("tight_crop") or a.get("low_res") else "")
+        + f", {'+'.join(cfg['train_data']['sources'])}"
     )
     return {
         "run": run.name,

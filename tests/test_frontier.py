@@ -28,11 +28,12 @@ def test_the_table_marks_the_frontier_within_each_machine(tmp_path):
         cfg = {
             "model": {"name": "iresnet18", "width": 0.125, "input_size": 48},
             "head": {"name": "cosface"},
-            "trainer": {"max_steps": 100, "head_lr_scale": 10.0},
+            "trainer": {"max_steps": 100, "batch_size": 64, "head_lr_scale": 10.0},
+            "train_data": {"sources": {"lfw": {}, "celeba299": {}}},
             "optimizer": {"lr": 0.1},
             "augment": {"tight_crop": 0.0, "low_res": 0.0},
         }
-        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         metrics = {
             "val": {"accuracy_mean": acc},  # as train.py writes it (also flat: val/accuracy)
             "val/accuracy": acc,
@@ -43,7 +44,8 @@ def test_the_table_marks_the_frontier_within_each_machine(tmp_path):
         (run / "metrics.json").write_text(json.dumps(metrics))
     out = tmp_path / "fig" / "frontier"
     points = frontier.main([str(tmp_path / "fast"), str(tmp_path / "slow1"), "--out", str(out)])
-    assert points[0]["label"] == "iresnet18 x0.125 48px cosface 100 steps, lr 0.1/1"
+    label = "iresnet18 x0.125 48px cosface 100 steps of 64, lr 0.1/1, lfw+celeba299"
+    assert points[0]["label"] == label
     rows = out.with_suffix(".md").read_text().splitlines()[2:]
     # slower and less accurate, but the only run on its machine: on that machine's frontier
     assert all(r.endswith("| yes |") for r in rows), rows
