@@ -4,8 +4,8 @@
 
 Each run directory's ``metrics.json`` (read by :func:`face_rec.report.read_run`) gives the
 reported list's accuracy, the selection list's, the training wall time and the machine it ran on;
-``config.yaml`` names the recipe (backbone, width, input size, head, steps, batch size, learning
-rates, training sources). A run is on the
+``config.yaml`` names the recipe (backbone, width, input size, head with its scale and margin,
+steps, batch size, learning rates, training sources). A run is on the
 frontier when no run on the same machine (CPU capability, threads) was both faster and more
 accurate. Writes ``<out>.png`` (accuracy against minutes, each machine's frontier joined, one
 marker per CPU capability and thread count, so runs timed on different machines are not read as one
@@ -31,8 +31,11 @@ def load_run(run: Path) -> dict:
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     m, t, a = cfg["model"], cfg["trainer"], cfg["augment"]
     lr = cfg["optimizer"]["lr"]
+    loss = cfg["head"].get("loss") or {}
+    margin = ", ".join(f"{k} {loss[k]:g}" for k in ("s", "m") if k in loss)
+    head = cfg["head"]["name"] + (f" ({margin})" if margin else "")
     label = (
-        f"{m['name']} x{m.get('width', 1.0):g} {m['input_size']}px {cfg['head']['name']} "
+        f"{m['name']} x{m.get('width', 1.0):g} {m['input_size']}px {head} "
         f"{t['max_steps']} steps of {t['batch_size']}, lr {lr * t.get('backbone_lr_scale', 1):g}"
         f"/{lr * t.get('head_lr_scale', 1):g}"  # backbone / class centres
         + (", crop aug" if a.get("tight_crop") or a.get("low_res") else "")

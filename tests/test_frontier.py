@@ -27,7 +27,7 @@ def test_the_table_marks_the_frontier_within_each_machine(tmp_path):
         run.mkdir()
         cfg = {
             "model": {"name": "iresnet18", "width": 0.125, "input_size": 48},
-            "head": {"name": "cosface"},
+            "head": {"name": "cosface", "loss": {"_target_": "CosFaceLoss", "s": 32.0, "m": 0.35}},
             "trainer": {"max_steps": 100, "batch_size": 64, "head_lr_scale": 10.0},
             "train_data": {"sources": {"lfw": {}, "celeba299": {}}},
             "optimizer": {"lr": 0.1},
@@ -44,7 +44,7 @@ def test_the_table_marks_the_frontier_within_each_machine(tmp_path):
         (run / "metrics.json").write_text(json.dumps(metrics))
     out = tmp_path / "fig" / "frontier"
     points = frontier.main([str(tmp_path / "fast"), str(tmp_path / "slow1"), "--out", str(out)])
-    label = "iresnet18 x0.125 48px cosface 100 steps of 64, lr 0.1/1, lfw+celeba299"
+    label = "iresnet18 x0.125 48px cosface (s 32, m 0.35) 100 steps of 64, lr 0.1/1, lfw+celeba299"
     assert points[0]["label"] == label
     rows = out.with_suffix(".md").read_text().splitlines()[2:]
     # slower and less accurate, but the only run on its machine: on that machine's frontier
