@@ -32,7 +32,9 @@ def load_run(run: Path) -> dict:
     m, t, a = cfg["model"], cfg["trainer"], cfg["augment"]
     lr = cfg["optimizer"]["lr"]
     loss = cfg["head"].get("loss") or {}
-    margin = ", ".join(f"{k} {loss[k]:g}" for k in ("s", "m") if k in loss)
+    margin = ", ".join(
+        f"{k} {loss[k]:g}" for k in ("s", "m") if isinstance(loss.get(k), int | float)
+    )
     head = cfg["head"]["name"] + (f" ({margin})" if margin else "")
     label = (
         f"{m['name']} x{m.get('width', 1.0):g} {m['input_size']}px {head} "

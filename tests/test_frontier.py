@@ -22,12 +22,17 @@ def test_a_run_is_on_the_frontier_only_when_nothing_faster_is_as_accurate():
 
 
 def test_the_table_marks_the_frontier_within_each_machine(tmp_path):
-    for name, minutes, acc, threads in [("fast", 5, 0.87, 2), ("slow1", 30, 0.86, 1)]:
+    cosface = {"name": "cosface", "loss": {"_target_": "CosFaceLoss", "s": 32.0, "m": 0.35}}
+    softmax = {"name": "softmax", "loss": {"_target_": "SoftmaxLoss", "m": None}}  # no s, m null
+    for name, minutes, acc, threads, head in [
+        ("fast", 5, 0.87, 2, cosface),
+        ("slow1", 30, 0.86, 1, softmax),
+    ]:
         run = tmp_path / name
         run.mkdir()
         cfg = {
             "model": {"name": "iresnet18", "width": 0.125, "input_size": 48},
-            "head": {"name": "cosface", "loss": {"_target_": "CosFaceLoss", "s": 32.0, "m": 0.35}},
+            "head": head,
             "trainer": {"max_steps": 100, "batch_size": 64, "head_lr_scale": 10.0},
             "train_data": {"sources": {"lfw": {}, "celeba299": {}}},
             "optimizer": {"lr": 0.1},
@@ -46,6 +51,7 @@ def test_the_table_marks_the_frontier_within_each_machine(tmp_path):
     points = frontier.main([str(tmp_path / "fast"), str(tmp_path / "slow1"), "--out", str(out)])
     label = "iresnet18 x0.125 48px cosface (s 32, m 0.35) 100 steps of 64, lr 0.1/1, lfw+celeba299"
     assert points[0]["label"] == label
+    assert points[1]["label"].startswith("iresnet18 x0.125 48px softmax 100 steps")
     rows = out.with_suffix(".md").read_text().splitlines()[2:]
     # slower and less accurate, but the only run on its machine: on that machine's frontier
     assert all(r.endswith("| yes |") for r in rows), rows
