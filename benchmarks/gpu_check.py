@@ -31,7 +31,8 @@ and the rest go on; the JSON is rewritten after every section, so a killed run k
    Inductor compiles forward and backward for about a minute or more per config, so not all 24
    fit in 8 minutes with the sections before them: the rest are recorded as skipped; a second
    run with ``--sections compiled`` covers more of them. A compile error (other than out of memory)
-   skips the remaining compiled configs, which would fail alike.
+   skips the remaining compiled configs, which would fail alike; a model the Trainer keeps eager
+   (8-channel convolutions on the CPU) is recorded as skipped, not timed as compiled.
 
 Timed steps per config: ``--warmup`` 3 + ``--steps`` 10 on the GPU (eager; an estimated 2-3
 minutes for the 24 eager configs, not yet measured on the GPU); compiled configs get one extra
