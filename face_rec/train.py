@@ -485,6 +485,9 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
                 out_dir / ("scores.csv" if i == 0 else f"scores_{name}.csv"), pairs, m["scores"]
             )
     write_json(out_dir / "metrics.json", metrics)
+    # finished: an earlier failed attempt's error.txt (resume=true) no longer describes the run,
+    # and report.read_run would list it as failed
+    (out_dir / "error.txt").unlink(missing_ok=True)
     return metrics
 
 
@@ -548,6 +551,4 @@ def train_entry(cfg: DictConfig, out_dir: str | Path, keep_going: bool = False) 
         return float("nan")
     finally:
         D.shutdown()
-    if D.rank() == 0:  # a run resumed after a failure is no longer failed (report.read_run)
-        (Path(out_dir) / "error.txt").unlink(missing_ok=True)
     return metrics.get(cfg.optimized_metric) if cfg.optimized_metric else None
