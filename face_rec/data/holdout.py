@@ -9,11 +9,11 @@ model never trained on, and not the list whose number the run reports.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
+from face_rec.data.make_pairs import identity_disjoint_pairs
 from face_rec.data.pairs import Pairs
 from face_rec.data.train_set import TrainSet
 from face_rec.eval.verification import PairImages
@@ -22,42 +22,24 @@ from face_rec.eval.verification import PairImages
 def holdout_pairs(
     train_set: TrainSet, max_matched_per_identity: int = 10, n_folds: int = 10, seed: int = 0
 ) -> tuple[Pairs, PairImages]:
-    """Pairs over the held-out identities of ``train_set`` and their crops (read from the packs).
-
-    Matched: up to ``max_matched_per_identity`` random pairs of each identity's images. Fold
-    f holds every pair of its identities (identities dealt to folds in hash order) and as many
-    mismatched pairs (two of its identities, one image each) as matched ones.
+    """Pairs over the held-out identities of ``train_set`` and their crops (read from the packs),
+    built by :func:`~face_rec.data.make_pairs.identity_disjoint_pairs`: up to
+    ``max_matched_per_identity`` matched pairs of each identity, as many mismatched ones, in
+    ``n_folds`` identity-disjoint folds.
 
     Raises:
         ValueError: no held-out identities, or too few with two images to form pairs.
     """
-    groups: dict[tuple[int, str], list[tuple[int, int]]] = {}
+    groups: dict[str, list[tuple[int, int]]] = {}
     for s, r in train_set.held_rows:
-        groups.setdefault((s, train_set.parts[s].rows[r]["identity"]), []).append((s, r))
-    keys = sorted(groups, key=lambda k: hashlib.sha256(f"{k[0]}:{k[1]}".encode()).digest())
-    n_matched = sum(len(groups[k]) >= 2 for k in keys)
-    if n_matched < n_folds:
+        groups.setdefault(f"{s}:{train_set.parts[s].rows[r]['identity']}", []).append((s, r))
+    try:
+        pairs = identity_disjoint_pairs(groups, max_matched_per_identity, n_folds, seed)
+    except ValueError as e:
         raise ValueError(
-            f"{len(keys)} held-out identities, {n_matched} with two or more images: too few for "
-            f"{n_folds} folds of selection pairs; raise train_data.holdout_fraction or pass "
+            f"held-out {e} of selection pairs; raise train_data.holdout_fraction or pass "
             "val.select=<pair list>"
-        )
-    rng = np.random.default_rng(seed)
-    fold_of = {k: i % n_folds for i, k in enumerate(keys)}
-    pairs: list[tuple[tuple[int, int], tuple[int, int], bool, int]] = []
-    for f in range(n_folds):
-        ids = [k for k in keys if fold_of[k] == f]
-        matched = []
-        for k in ids:
-            g = groups[k]
-            combos = [(g[i], g[j]) for i in range(len(g)) for j in range(i + 1, len(g))]
-            picks = rng.permutation(len(combos))[:max_matched_per_identity]
-            matched += [(*combos[p], True, f) for p in picks]
-        for _ in range(len(matched) if len(ids) >= 2 else 0):
-            a, b = rng.choice(len(ids), 2, replace=False)
-            ga, gb = groups[ids[a]], groups[ids[b]]
-            pairs.append((ga[rng.integers(len(ga))], gb[rng.integers(len(gb))], False, f))
-        pairs += matched
+        ) from None
     return _as_pairs(train_set, pairs)
 
 

@@ -1,0 +1,171 @@
+"""A 10-fold verification pair list from an identity folder tree (``python -m
+face_rec.data.make_pairs``).
+
+For data with no published pair list (celeba299, your own photos), or a second list to choose
+a recipe on without touching the one a paper reports. The pairs are built as LFW View 2 is:
+identities are dealt to identity-disjoint folds, each fold holds up to
+``--matched-per-identity`` matched pairs of each of its identities and as many mismatched
+pairs (two of its identities, one image each). The list depends only on the file names, the
+options and the seed, so the same command gives the same list on every machine::
+
+    python -m face_rec.data.make_pairs ../shared/data/celeba299/images \\
+        --out packs/pairs/celeba299_pairs.csv
+    python eval_lfw.py data=celeba299 checkpoint=<run>/checkpoints/best.pt \\
+        pairs=packs/pairs/celeba299_pairs.csv calibration_pairs=null
+
+The output is the CSV ``eval_lfw.py`` reads (``path_a,path_b,same,fold``, paths relative to
+the image root, so evaluate with ``image_root`` (or ``data=``) pointing there), written
+atomically. :func:`identity_disjoint_pairs` is also how training picks its held-out
+identities' selection list (:mod:`face_rec.data.holdout`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from face_rec.data.images import is_image_file
+from face_rec.data.train_set import read_people
+from face_rec.utils.io import atomic_path
+
+T = TypeVar("T")
+
+
+def identity_disjoint_pairs(
+    groups: dict[str, Sequence[T]],
+    max_matched_per_identity: int = 10,
+    n_folds: int = 10,
+    seed: int = 0,
+) -> list[tuple[T, T, bool, int]]:
+    """(a, b, same, fold) pairs over ``groups`` (identity key -> its images).
+
+    Identities are dealt to folds in the order of their keys' SHA-256 (stable, and unrelated
+    to the names' order). Fold f holds up to ``max_matched_per_identity`` random matched pairs
+    of each of its identities and as many mismatched pairs (two different identities of the
+    fold, one random image each): every pair's two identities lie in the same fold.
+
+    Raises:
+        ValueError: a fold would have no identity with two or more images (no pairs).
+    """
+    keys = sorted(groups, key=lambda k: hashlib.sha256(k.encode("utf-8")).digest())
+    fold_of = {k: i % n_folds for i, k in enumerate(keys)}
+    n_matched = sum(len(groups[k]) >= 2 for k in keys)
+    empty = sorted(set(range(n_folds)) - {fold_of[k] for k in keys if len(groups[k]) >= 2})
+    if empty:
+        raise ValueError(
+            f"{len(keys)} identities, {n_matched} with two or more images: too few for "
+            f"{n_folds} identity-disjoint folds (fold {empty[0]} would have no matched pair); "
+            "use fewer folds or more identities"
+        )
+    rng = np.random.default_rng(seed)
+    pairs: list[tuple[T, T, bool, int]] = []
+    for f in range(n_folds):
+        ids = [k for k in keys if fold_of[k] == f]
+        matched = []
+        for k in ids:
+            g = groups[k]
+            combos = [(g[i], g[j]) for i in range(len(g)) for j in range(i + 1, len(g))]
+            picks = rng.permutation(len(combos))[:max_matched_per_identity]
+            matched += [(*combos[p], True, f) for p in picks]
+        for _ in range(len(matched) if len(ids) >= 2 else 0):
+            a, b = rng.choice(len(ids), 2, replace=False)
+            ga, gb = groups[ids[a]], groups[ids[b]]
+            pairs.append((ga[rng.integers(len(ga))], gb[rng.integers(len(gb))], False, f))
+        pairs += matched
+    return pairs
+
+
+def scan_identities(
+    root: str | Path, identities: Sequence[str] | None = None
+) -> dict[str, list[str]]:
+    """``<identity>/<image>`` paths (relative to ``root``, sorted) per identity folder of
+    ``root``; only the folders named in ``identities`` when given.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder, or a named identity has no folder.
+        ValueError: no identity folder holds an image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"image root {root}: not a folder; pass the folder that holds one folder per identity"
+        )
+    if identities is None:
+        names = sorted(p.name for p in root.iterdir() if p.is_dir())
+    else:
+        names = list(dict.fromkeys(identities))
+        missing = [n for n in names if not (root / n).is_dir()]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(names)} listed identities have no folder under {root} "
+                f"(first: {missing[0]!r}); check the identity list and the image root"
+            )
+    groups = {
+        n: sorted(f"{n}/{p.name}" for p in (root / n).iterdir() if p.is_file() and is_image_file(p))
+        for n in names
+    }
+    groups = {n: g for n, g in groups.items() if g}
+    if not groups:
+        raise ValueError(f"image root {root}: no <identity>/<image> files found")
+    return groups
+
+
+def write_pairs_csv(
+    path: str | Path, pairs: Sequence[tuple[Hashable, Hashable, bool, int]]
+) -> None:
+    """``path_a,path_b,same,fold`` with a header line, written atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path_a", "path_b", "same", "fold"])
+        w.writerows((a, b, int(same), fold) for a, b, same, fold in pairs)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m face_rec.data.make_pairs",
+        description="Write a 10-fold, identity-disjoint verification pair list (CSV) over the "
+        "identity folders of an image root.",
+    )
+    p.add_argument("root", help="folder with one folder of images per identity")
+    p.add_argument("--out", required=True, help="the CSV to write (path_a,path_b,same,fold)")
+    p.add_argument(
+        "--identities",
+        help="only the identities of this LFW people list (a count, then name<TAB>n lines)",
+    )
+    p.add_argument("--folds", type=int, default=10, help="identity-disjoint folds (default 10)")
+    p.add_argument(
+        "--matched-per-identity",
+        type=int,
+        default=10,
+        help="at most this many matched pairs per identity (default 10)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.folds < 2 or args.matched_per_identity < 1:
+        p.error(
+            f"--folds {args.folds}, --matched-per-identity {args.matched_per_identity}: "
+            "need at least 2 folds and 1 matched pair per identity"
+        )
+    try:
+        names = read_people(args.identities) if args.identities else None
+        groups = scan_identities(args.root, names)
+        pairs = identity_disjoint_pairs(groups, args.matched_per_identity, args.folds, args.seed)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"make_pairs: {e}") from None
+    write_pairs_csv(args.out, pairs)
+    n_same = sum(p[2] for p in pairs)
+    print(
+        f"{args.out}: {len(pairs)} pairs ({n_same} matched, {len(pairs) - n_same} mismatched) over "
+        f"{len(groups)} identities ({sum(len(g) >= 2 for g in groups.values())} with two or more "
+        f"images), {args.folds} identity-disjoint folds, seed {args.seed}"
+    )
+
+
+if __name__ == "__main__":
+    main()
