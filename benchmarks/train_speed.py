@@ -4,8 +4,10 @@
     python benchmarks/train_speed.py --compile --out logs/benchmarks/train_speed.json
     python benchmarks/train_speed.py --quick          # tiny sizes, seconds (the smoke test)
 
-For each backbone at batch ``--batch`` and ``--input-size`` with an ArcFace head over
-``--classes`` identities and SGD:
+For each backbone at batch ``--batch`` and ``--input-size``, embedding ``--embedding-dim``, with a
+margin head (``--loss``: ArcFace, or the demo's CosFace s = 32, m = 0.35) over ``--classes``
+identities and SGD (the demo's own setting: ``--models iresnet18 --width 0.125 --input-size 48
+--embedding-dim 128 --loss cosface --classes 3637``):
 - reference: the textbook loop (fp32, contiguous NCHW, default torch settings) on a batch already
   in memory as a float tensor;
 - face_rec: ``Trainer.run_step`` as configured by default (channels_last), fed from a uint8
@@ -41,7 +43,7 @@ from face_rec.data.augment import Augment  # noqa: E402
 from face_rec.data.samplers import RandomBatches  # noqa: E402
 from face_rec.engine.schedule import make_scheduler  # noqa: E402
 from face_rec.engine.trainer import Trainer  # noqa: E402
-from face_rec.losses import ArcFaceLoss  # noqa: E402
+from face_rec.losses import ArcFaceLoss, CosFaceLoss  # noqa: E402
 from face_rec.models.heads import CosineHead  # noqa: E402
 from face_rec.models.registry import create_model  # noqa: E402
 from face_rec.models.summary import forward_flops  # noqa: E402
@@ -74,16 +76,22 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
 
 
 def build(name: str, args) -> torch.nn.Module:
-    """The backbone at ``--input-size`` and ``--width``, seeded."""
+    """The backbone at ``--input-size``, ``--width`` and ``--embedding-dim``, seeded."""
     torch.manual_seed(0)
     kw = {} if args.width == 1.0 else {"width": args.width}
-    return create_model(name, input_size=args.input_size, **kw)
+    return create_model(name, input_size=args.input_size, embedding_dim=args.embedding_dim, **kw)
+
+
+def build_head(args) -> tuple[CosineHead, torch.nn.Module]:
+    """The class centres and the ``--loss`` (``arcface``: s 64, m 0.5; ``cosface``: the demo's
+    s 32, m 0.35)."""
+    loss = ArcFaceLoss() if args.loss == "arcface" else CosFaceLoss(s=32.0, m=0.35)
+    return CosineHead(args.embedding_dim, args.classes), loss
 
 
 def reference(name: str, args) -> float:
     model = build(name, args)
-    head = CosineHead(512, args.classes)
-    loss_fn = ArcFaceLoss()
+    head, loss_fn = build_head(args)
     opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=0.01, momentum=0.9)
     x = torch.rand(args.batch, 3, args.input_size, args.input_size) * 2 - 1
     y = torch.arange(args.batch) % args.classes
@@ -103,7 +111,7 @@ def ours(name: str, args, compiled: bool = False) -> dict:
     the compile time, first step minus the median step."""
     torch._dynamo.reset()  # each backbone compiles anew (no recompile limit reached)
     model = build(name, args)
-    head = CosineHead(512, args.classes)
+    head, loss_fn = build_head(args)
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     warmup = 2 if compiled else 1
@@ -111,7 +119,7 @@ def ours(name: str, args, compiled: bool = False) -> dict:
     trainer = Trainer(
         model,
         head,
-        ArcFaceLoss(),
+        loss_fn,
         opt,
         make_scheduler(opt, 100),
         data,
@@ -147,6 +155,9 @@ def measure(name: str, args, mm: float) -> dict:
         "batch": args.batch,
         "input_size": args.input_size,
         "width": args.width,
+        "embedding_dim": args.embedding_dim,
+        "loss": args.loss,
+        "classes": args.classes,
         "threads": torch.get_num_threads(),
         "reference_img_s": round(ref, 2),
         "face_rec_img_s": round(mine["img_s"], 2),
@@ -201,6 +212,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--input-size", type=int, default=112)
     p.add_argument("--width", type=float, default=1.0, help="backbone width multiplier")
+    p.add_argument("--embedding-dim", type=int, default=512)
+    p.add_argument("--loss", choices=["arcface", "cosface"], default="arcface")
     p.add_argument("--classes", type=int, default=4000)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--matmul", type=int, default=2048, help="side of the reference matmul")
