@@ -32,8 +32,10 @@ def load_run(run: Path) -> dict:
     m, t, a = cfg["model"], cfg["trainer"], cfg["augment"]
     lr = cfg["optimizer"]["lr"]
     loss = cfg["head"].get("loss") or {}
-    margin = ", ".join(
-        f"{k} {loss[k]:g}" for k in ("s", "m") if isinstance(loss.get(k), int | float)
+    margin = ", ".join(  # every numeric setting: s, m; combined's m1-m3; MagFace's bounds
+        f"{k} {v:g}"
+        for k, v in loss.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
     )
     head = cfg["head"]["name"] + (f" ({margin})" if margin else "")
     label = (
