@@ -4,10 +4,10 @@
     python benchmarks/train_speed.py --compile --out logs/benchmarks/train_speed.json
     python benchmarks/train_speed.py --quick          # tiny sizes, seconds (the smoke test)
 
-For each backbone at batch ``--batch`` and ``--input-size``, embedding ``--embedding-dim``, with a
-margin head (``--loss``: ArcFace, or the demo's CosFace s = 32, m = 0.35) over ``--classes``
-identities and SGD (the demo's own setting: ``--models iresnet18 --width 0.125 --input-size 48
---embedding-dim 128 --loss cosface --classes 3637``):
+For each backbone at batch ``--batch`` and ``--input-size``, embedding ``--embedding-dim``, with
+the class centres and loss of ``conf/head/<--head>.yaml`` (default arcface: s 64, m 0.5; the
+demo's is cosface_cpu) over ``--classes`` identities and SGD (the demo's own setting: ``--models
+iresnet18 --width 0.125 --input-size 48 --embedding-dim 128 --head cosface_cpu --classes 3637``):
 - reference: the textbook loop (fp32, contiguous NCHW, default torch settings) on a batch already
   in memory as a float tensor;
 - face_rec: ``Trainer.run_step`` as configured by default (channels_last), fed from a uint8
@@ -35,15 +35,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch.utils.data import Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from face_rec.data.augment import Augment  # noqa: E402
 from face_rec.data.samplers import RandomBatches  # noqa: E402
 from face_rec.engine.schedule import make_scheduler  # noqa: E402
 from face_rec.engine.trainer import Trainer  # noqa: E402
-from face_rec.losses import ArcFaceLoss, CosFaceLoss  # noqa: E402
 from face_rec.models.heads import CosineHead  # noqa: E402
 from face_rec.models.registry import create_model  # noqa: E402
 from face_rec.models.summary import forward_flops  # noqa: E402
@@ -82,11 +85,16 @@ def build(name: str, args) -> torch.nn.Module:
     return create_model(name, input_size=args.input_size, embedding_dim=args.embedding_dim, **kw)
 
 
+def head_loss_config(name: str) -> dict:
+    """``conf/head/<name>.yaml``'s loss, as train.py composes it (``head=<name>``)."""
+    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+        cfg = compose("train", overrides=[f"head={name}"])
+    return OmegaConf.to_container(cfg.head.loss, resolve=True)
+
+
 def build_head(args) -> tuple[CosineHead, torch.nn.Module]:
-    """The class centres and the ``--loss`` (``arcface``: s 64, m 0.5; ``cosface``: the demo's
-    s 32, m 0.35)."""
-    loss = ArcFaceLoss() if args.loss == "arcface" else CosFaceLoss(s=32.0, m=0.35)
-    return CosineHead(args.embedding_dim, args.classes), loss
+    """The class centres (cosine) and ``--head``'s loss, instantiated as train.py does."""
+    return CosineHead(args.embedding_dim, args.classes), instantiate(args.loss_config)
 
 
 def reference(name: str, args) -> float:
@@ -156,7 +164,8 @@ def measure(name: str, args, mm: float) -> dict:
         "input_size": args.input_size,
         "width": args.width,
         "embedding_dim": args.embedding_dim,
-        "loss": args.loss,
+        "head": args.head,
+        "loss": {k: v for k, v in args.loss_config.items() if k != "_target_"},
         "classes": args.classes,
         "threads": torch.get_num_threads(),
         "reference_img_s": round(ref, 2),
@@ -213,7 +222,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--input-size", type=int, default=112)
     p.add_argument("--width", type=float, default=1.0, help="backbone width multiplier")
     p.add_argument("--embedding-dim", type=int, default=512)
-    p.add_argument("--loss", choices=["arcface", "cosface"], default="arcface")
+    p.add_argument(
+        "--head", default="arcface", help="a conf/head config: arcface, cosface_cpu, ..."
+    )
     p.add_argument("--classes", type=int, default=4000)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--matmul", type=int, default=2048, help="side of the reference matmul")
@@ -230,6 +241,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.models, args.batch, args.input_size, args.width = ["mobilefacenet"], 4, 32, 0.25
         args.classes, args.steps, args.matmul = 50, 1, 256
+    args.loss_config = head_loss_config(args.head)
     return args
 
 

@@ -4,7 +4,7 @@
 
 Each run directory's ``metrics.json`` (read by :func:`face_rec.report.read_run`) gives the
 reported list's accuracy, the selection list's, the training wall time and the machine it ran on;
-``config.yaml`` names the recipe (backbone, width, input size, head with its scale and margin,
+``config.yaml`` names the recipe (backbone, width, input size, head with its loss settings,
 steps, batch size, learning rates, training sources). A run is on the
 frontier when no run on the same machine (CPU capability, threads) was both faster and more
 accurate. Writes ``<out>.png`` (accuracy against minutes, each machine's frontier joined, one

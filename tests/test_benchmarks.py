@@ -212,14 +212,17 @@ def test_train_speed_quick_records_eager_and_compiled(tmp_path):
 
 def test_train_speed_times_the_head_it_is_given():
     ts = _module("train_speed")
-    args = ts.parse_args(["--quick", "--embedding-dim", "16", "--loss", "cosface"])
+    args = ts.parse_args(["--quick", "--embedding-dim", "16", "--head", "cosface_cpu"])
     assert ts.build("mobilefacenet", args)(torch.zeros(2, 3, 32, 32)).shape == (2, 16)
     head, loss = ts.build_head(args)
     assert head.weight.shape == (args.classes, 16)
+    # conf/head/cosface_cpu.yaml: cosface.yaml's m with s 32, composed as train.py composes it
     assert type(loss).__name__ == "CosFaceLoss" and (loss.s, loss.m) == (32.0, 0.35)
     default = ts.parse_args(["--quick"])
     assert type(ts.build_head(default)[1]).__name__ == "ArcFaceLoss"
     assert ts.build_head(default)[0].weight.shape[1] == 512
+    with pytest.raises(Exception, match="nohead"):
+        ts.parse_args(["--quick", "--head", "nohead"])
 
 
 def test_embed_speed_quick_checks_every_path_against_embed_crops(tmp_path):

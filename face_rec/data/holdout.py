@@ -28,7 +28,7 @@ def holdout_pairs(
     ``n_folds`` identity-disjoint folds.
 
     Raises:
-        ValueError: no held-out identities, or too few with two images to form pairs.
+        ValueError: too few held-out identities (or with two images) for 10 folds of pairs.
     """
     groups: dict[str, list[tuple[int, int]]] = {}
     for s, r in train_set.held_rows:
@@ -37,8 +37,8 @@ def holdout_pairs(
         pairs = identity_disjoint_pairs(groups, max_matched_per_identity, n_folds, seed)
     except ValueError as e:
         raise ValueError(
-            f"held-out {e} of selection pairs; raise train_data.holdout_fraction or pass "
-            "val.select=<pair list>"
+            f"the held-out identities for the selection pairs: {e}; raise "
+            "train_data.holdout_fraction or pass val.select=<pair list>"
         ) from None
     return _as_pairs(train_set, pairs)
 

@@ -5,8 +5,9 @@ For data with no published pair list (celeba299, your own photos), or a second l
 a recipe on without touching the one a paper reports. The pairs are built as LFW View 2 is:
 identities are dealt to identity-disjoint folds, each fold holds up to
 ``--matched-per-identity`` matched pairs of each of its identities and as many mismatched
-pairs (two of its identities, one image each). The list depends only on the file names, the
-options and the seed, so the same command gives the same list on every machine::
+distinct pairs (two of its identities, one image each). The list depends only on the file
+names, the options and the seed (numpy's PCG64 stream), so the same command over the same files
+gives the same list::
 
     python -m face_rec.data.make_pairs ../shared/data/celeba299/images \\
         --out packs/pairs/celeba299_pairs.csv
@@ -30,7 +31,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from face_rec.data.images import is_image_file
+from face_rec.align.run import list_inputs
 from face_rec.data.train_set import read_people
 from face_rec.utils.io import atomic_path
 
@@ -42,6 +43,7 @@ def identity_disjoint_pairs(
     max_matched_per_identity: int = 10,
     n_folds: int = 10,
     seed: int = 0,
+    unique_mismatched: bool = False,
 ) -> list[tuple[T, T, bool, int]]:
     """(a, b, same, fold) pairs over ``groups`` (identity key -> its images).
 
@@ -49,19 +51,22 @@ def identity_disjoint_pairs(
     to the names' order). Fold f holds up to ``max_matched_per_identity`` random matched pairs
     of each of its identities and as many mismatched pairs (two different identities of the
     fold, one random image each): every pair's two identities lie in the same fold.
+    ``unique_mismatched``: no mismatched pair twice (either order), as in LFW's lists; off, a
+    pair may repeat (training's held-out list, kept as earlier runs were selected on it).
 
     Raises:
-        ValueError: a fold would have no identity with two or more images (no pairs).
+        ValueError: a fold would hold fewer than two identities or none with two images, or
+            (``unique_mismatched``) too few distinct mismatched pairs.
     """
     keys = sorted(groups, key=lambda k: hashlib.sha256(k.encode("utf-8")).digest())
     fold_of = {k: i % n_folds for i, k in enumerate(keys)}
     n_matched = sum(len(groups[k]) >= 2 for k in keys)
-    empty = sorted(set(range(n_folds)) - {fold_of[k] for k in keys if len(groups[k]) >= 2})
-    if empty:
+    short = [f for f in range(n_folds) if not any(len(groups[k]) >= 2 for k in keys[f::n_folds])]
+    if len(keys) < 2 * n_folds or short:
         raise ValueError(
             f"{len(keys)} identities, {n_matched} with two or more images: too few for "
-            f"{n_folds} identity-disjoint folds (fold {empty[0]} would have no matched pair); "
-            "use fewer folds or more identities"
+            f"{n_folds} identity-disjoint folds (each needs two identities, one of them with two "
+            "or more images)"
         )
     rng = np.random.default_rng(seed)
     pairs: list[tuple[T, T, bool, int]] = []
@@ -73,10 +78,23 @@ def identity_disjoint_pairs(
             combos = [(g[i], g[j]) for i in range(len(g)) for j in range(i + 1, len(g))]
             picks = rng.permutation(len(combos))[:max_matched_per_identity]
             matched += [(*combos[p], True, f) for p in picks]
-        for _ in range(len(matched) if len(ids) >= 2 else 0):
+        seen: set[frozenset] = set()
+        draws = 0
+        while len(seen) < len(matched) if unique_mismatched else draws < len(matched):
+            draws += 1
+            if draws > 100 * len(matched):
+                raise ValueError(
+                    f"fold {f}: fewer than {len(matched)} distinct mismatched pairs among its "
+                    f"{len(ids)} identities"
+                )
             a, b = rng.choice(len(ids), 2, replace=False)
             ga, gb = groups[ids[a]], groups[ids[b]]
-            pairs.append((ga[rng.integers(len(ga))], gb[rng.integers(len(gb))], False, f))
+            pair = (ga[rng.integers(len(ga))], gb[rng.integers(len(gb))])
+            if unique_mismatched:
+                if frozenset(pair) in seen:
+                    continue
+                seen.add(frozenset(pair))
+            pairs.append((*pair, False, f))
         pairs += matched
     return pairs
 
@@ -84,35 +102,31 @@ def identity_disjoint_pairs(
 def scan_identities(
     root: str | Path, identities: Sequence[str] | None = None
 ) -> dict[str, list[str]]:
-    """``<identity>/<image>`` paths (relative to ``root``, sorted) per identity folder of
-    ``root``; only the folders named in ``identities`` when given.
+    """Image paths relative to ``root`` per identity folder, as the alignment stage lists them
+    (:func:`face_rec.align.run.list_inputs`: sub-folders included, sorted); only the folders
+    named in ``identities`` when given.
 
     Raises:
-        FileNotFoundError: ``root`` is not a folder, or a named identity has no folder.
+        FileNotFoundError: ``root`` is not a folder, or a named identity has no images there.
         ValueError: no identity folder holds an image.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"image root {root}: not a folder; pass the folder that holds one folder per identity"
-        )
-    if identities is None:
-        names = sorted(p.name for p in root.iterdir() if p.is_dir())
-    else:
+    files, _, _ = list_inputs(root)
+    groups: dict[str, list[str]] = {}
+    for f in files:
+        groups.setdefault(f.identity, []).append(f.source)
+    if identities is not None:
         names = list(dict.fromkeys(identities))
-        missing = [n for n in names if not (root / n).is_dir()]
+        missing = [n for n in names if n not in groups]
         if missing:
             raise FileNotFoundError(
-                f"{len(missing)} of {len(names)} listed identities have no folder under {root} "
+                f"{len(missing)} of {len(names)} listed identities have no images under {root} "
                 f"(first: {missing[0]!r}); check the identity list and the image root"
             )
-    groups = {
-        n: sorted(f"{n}/{p.name}" for p in (root / n).iterdir() if p.is_file() and is_image_file(p))
-        for n in names
-    }
-    groups = {n: g for n, g in groups.items() if g}
+        groups = {n: groups[n] for n in names}
     if not groups:
-        raise ValueError(f"image root {root}: no <identity>/<image> files found")
+        raise ValueError(
+            f"image root {root}: no images found; expected one folder of images per identity"
+        )
     return groups
 
 
@@ -155,9 +169,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         names = read_people(args.identities) if args.identities else None
         groups = scan_identities(args.root, names)
-        pairs = identity_disjoint_pairs(groups, args.matched_per_identity, args.folds, args.seed)
     except (OSError, ValueError) as e:
         raise SystemExit(f"make_pairs: {e}") from None
+    try:
+        pairs = identity_disjoint_pairs(
+            groups, args.matched_per_identity, args.folds, args.seed, unique_mismatched=True
+        )
+    except ValueError as e:
+        raise SystemExit(f"make_pairs: {e}; pass a smaller --folds") from None
     write_pairs_csv(args.out, pairs)
     n_same = sum(p[2] for p in pairs)
     print(

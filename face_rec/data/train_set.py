@@ -17,9 +17,11 @@ from face_rec.data.pack import PackedFaces
 
 
 def read_people(path: str | Path) -> list[str]:
-    """Names from an LFW people list (``peopleDevTrain.txt``: a count, then ``name<TAB>n``)."""
+    """Names from an LFW people list (``peopleDevTrain.txt``: a count, then ``name<TAB>n``) or
+    one name per line. A first line is taken as the count only when it is the number of lines
+    that follow, so a list of numeric identities (CelebA's) keeps its first name."""
     lines = [ln.split() for ln in Path(path).read_text().splitlines() if ln.strip()]
-    if lines and len(lines[0]) == 1 and lines[0][0].isdigit():
+    if lines and len(lines[0]) == 1 and lines[0][0] == str(len(lines) - 1):
         lines = lines[1:]
     return [f[0] for f in lines]
 

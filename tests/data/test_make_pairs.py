@@ -7,6 +7,7 @@ import pytest
 
 from face_rec.data.make_pairs import identity_disjoint_pairs, main, scan_identities
 from face_rec.data.pairs import load_pairs
+from face_rec.data.train_set import read_people
 
 
 def _groups(sizes):
@@ -36,18 +37,33 @@ def test_pairs_are_balanced_identity_disjoint_folds():
     assert pairs != identity_disjoint_pairs(groups, 10, 10, seed=1)
 
 
-def test_a_fold_without_matched_pairs_is_a_clear_error():
+def test_folds_too_small_for_pairs_are_a_clear_error():
     with pytest.raises(ValueError, match="9 with two or more images: too few for 10"):
         identity_disjoint_pairs(_groups([2] * 9 + [1] * 20), n_folds=10)
     groups = _groups([2] * 12 + [1] * 60)  # enough in all, but dealt so that some fold has none
-    with pytest.raises(ValueError, match=r"fold \d+ would have no matched pair\); use fewer folds"):
+    with pytest.raises(ValueError, match="each needs two identities, one of them with two"):
         identity_disjoint_pairs(groups, n_folds=10)
     assert {f for *_, f in identity_disjoint_pairs(groups, n_folds=2)} == {0, 1}
+    # 15 identities for 10 folds: some fold would hold one identity and no mismatched pair
+    with pytest.raises(ValueError, match="15 identities, 15 with two"):
+        identity_disjoint_pairs(_groups([5] * 15), n_folds=10)
 
 
-def _tree(root, sizes):
+def test_unique_mismatched_pairs_never_repeat():
+    groups = _groups([2, 2, 2, 2])  # per fold (2 folds): 2 identities, 2 matched, 4 image pairs
+    for seed in range(20):
+        pairs = identity_disjoint_pairs(groups, 10, n_folds=2, seed=seed, unique_mismatched=True)
+        mism = [frozenset(p[:2]) for p in pairs if not p[2]]
+        assert len(mism) == 2 * 1 * 2 and len(set(mism)) == len(mism)
+    # one fold: 6 matched pairs of the 4-image identity, only 4 distinct mismatched ones
+    with pytest.raises(ValueError, match="fewer than 6 distinct mismatched pairs"):
+        identity_disjoint_pairs(_groups([4, 1]), 10, n_folds=1, unique_mismatched=True)
+    assert len(identity_disjoint_pairs(_groups([4, 1]), 10, n_folds=1)) == 12  # repeats allowed
+
+
+def _tree(root, sizes, names=None):
     for i, n in enumerate(sizes):
-        d = root / f"person_{i}"
+        d = root / (names[i] if names else f"person_{i}")
         d.mkdir(parents=True)
         for j in range(n):
             (d / f"{j:04d}.jpg").write_bytes(b"")
@@ -56,23 +72,33 @@ def _tree(root, sizes):
     return root
 
 
-def test_scan_keeps_image_files_and_listed_identities(tmp_path):
+def test_scan_lists_images_as_alignment_does(tmp_path):
     root = _tree(tmp_path / "img", [1, 3])
+    (root / "person_1" / "more").mkdir()
+    (root / "person_1" / "more" / "x.png").write_bytes(b"")
     assert scan_identities(root) == {
         "person_0": ["person_0/0000.jpg"],
-        "person_1": ["person_1/0000.jpg", "person_1/0001.jpg", "person_1/0002.jpg"],
+        "person_1": [f"person_1/000{j}.jpg" for j in range(3)] + ["person_1/more/x.png"],
     }
     assert list(scan_identities(root, ["person_1"])) == ["person_1"]
     with pytest.raises(FileNotFoundError, match="first: 'nobody'"):
         scan_identities(root, ["person_1", "nobody"])
-    with pytest.raises(FileNotFoundError, match="not a folder"):
+    with pytest.raises(FileNotFoundError, match="not a directory"):
         scan_identities(tmp_path / "missing")
 
 
+def test_a_list_of_numeric_identities_keeps_its_first_name(tmp_path):
+    (tmp_path / "ids.txt").write_text("7201\n7202\n7203\n")
+    assert read_people(tmp_path / "ids.txt") == ["7201", "7202", "7203"]
+    (tmp_path / "people.txt").write_text("2\n7201\t3\n7202\t5\n")  # LFW's: the count first
+    assert read_people(tmp_path / "people.txt") == ["7201", "7202"]
+
+
 def test_cli_writes_a_list_eval_reads(tmp_path, capsys):
-    root = _tree(tmp_path / "img", [4, 2, 6, 2, 3] * 6)
+    names = [f"person_{i}" for i in range(29)] + ["Doe,John"]  # a comma: quoted in the CSV
+    root = _tree(tmp_path / "img", [4, 2, 6, 2, 3] * 6, names)
+    names = names[5:]
     people = tmp_path / "people.txt"
-    names = [f"person_{i}" for i in range(25)]
     people.write_text("25\n" + "".join(f"{n}\t1\n" for n in names))
     out = tmp_path / "lists" / "pairs.csv"
     main([str(root), "--out", str(out), "--identities", str(people), "--matched-per-identity", "3"])
@@ -81,7 +107,7 @@ def test_cli_writes_a_list_eval_reads(tmp_path, capsys):
     pairs = load_pairs(out, image_root=root)
     assert pairs.n_folds == 10 and pairs.has_identities
     ids = np.array([pairs.identity(k) for k in range(len(pairs.images))])
-    assert set(ids) <= set(names)
+    assert set(ids) <= set(names) and "Doe,John" in set(ids)
     assert (ids[pairs.left] == ids[pairs.right]).tolist() == pairs.same.tolist()
     for f in range(10):
         in_f = pairs.fold == f
@@ -90,8 +116,14 @@ def test_cli_writes_a_list_eval_reads(tmp_path, capsys):
     assert all((root / p).is_file() for p in pairs.images)
 
 
-def test_cli_errors_name_the_problem(tmp_path):
-    with pytest.raises(SystemExit, match="make_pairs: image root .*missing: not a folder"):
+def test_cli_errors_name_the_problem(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="make_pairs: input_dir .*missing.* is not a directory"):
         main([str(tmp_path / "missing"), "--out", str(tmp_path / "p.csv")])
+    root = _tree(tmp_path / "img", [2] * 12)
+    with pytest.raises(SystemExit, match="too few for 10 .*; pass a smaller --folds"):
+        main([str(root), "--out", str(tmp_path / "p.csv")])
     with pytest.raises(SystemExit):
-        main([str(tmp_path), "--out", str(tmp_path / "p.csv"), "--folds", "1"])
+        main([str(root), "--out", str(tmp_path / "p.csv"), "--folds", "1"])
+    assert "--folds 1" in capsys.readouterr().err
+    main([str(root), "--out", str(tmp_path / "p.csv"), "--folds", "6"])
+    assert load_pairs(tmp_path / "p.csv").n_folds == 6
