@@ -86,9 +86,10 @@ def build(name: str, args) -> torch.nn.Module:
 
 
 def head_loss_config(name: str) -> dict:
-    """``conf/head/<name>.yaml``'s loss, as train.py composes it (``head=<name>``)."""
+    """``conf/head/<name>.yaml``'s loss, as train.py composes it (``head=<name>``), without the
+    default experiment's changes to it (the demo's ``head.loss.m``)."""
     with initialize_config_dir(str(REPO / "conf"), version_base=None):
-        cfg = compose("train", overrides=[f"head={name}"])
+        cfg = compose("train", overrides=[f"head={name}", "~experiment"])
     return OmegaConf.to_container(cfg.head.loss, resolve=True)
 
 

@@ -219,7 +219,8 @@ def test_train_speed_times_the_head_it_is_given():
     # conf/head/cosface_cpu.yaml: cosface.yaml's m with s 32, composed as train.py composes it
     assert type(loss).__name__ == "CosFaceLoss" and (loss.s, loss.m) == (32.0, 0.35)
     default = ts.parse_args(["--quick"])
-    assert type(ts.build_head(default)[1]).__name__ == "ArcFaceLoss"
+    arcface = ts.build_head(default)[1]  # conf/head/arcface.yaml's, not the demo's m
+    assert type(arcface).__name__ == "ArcFaceLoss" and default.loss_config["m"] == 0.5
     assert ts.build_head(default)[0].weight.shape[1] == 512
     with pytest.raises(Exception, match="nohead"):
         ts.parse_args(["--quick", "--head", "nohead"])
