@@ -57,7 +57,10 @@ def test_every_config_option_passes(option):
     cfg = _compose("train", option, *NEEDS.get(option, []))
     group, choice = option.split("=")
     if group in ("head", "model"):  # the command line wins over the experiment's choice
-        assert cfg[group].name == choice.removesuffix("_cpu")
+        assert cfg[group].name == choice.removesuffix("_cpu").removesuffix("_demo")  # variants
+    if group == "head":  # the default experiment changes no loss the command line chooses
+        alone = _compose("train", option, "~experiment", *NEEDS.get(option, []))
+        assert cfg.head.loss == alone.head.loss
     check_config(cfg)
 
 
