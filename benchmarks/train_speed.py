@@ -6,8 +6,8 @@
 
 For each backbone at batch ``--batch`` and ``--input-size``, embedding ``--embedding-dim``, with
 the class centres and loss of ``conf/head/<--head>.yaml`` (default arcface: s 64, m 0.5; the
-demo's is cosface_cpu) over ``--classes`` identities and SGD (the demo's own setting: ``--models
-iresnet18 --width 0.125 --input-size 48 --embedding-dim 128 --head cosface_cpu --classes 3637``):
+demo's is cosface_demo) over ``--classes`` identities and SGD (the demo's own setting: ``--models
+iresnet18 --width 0.125 --input-size 48 --embedding-dim 128 --head cosface_demo --classes 1067``):
 - reference: the textbook loop (fp32, contiguous NCHW, default torch settings) on a batch already
   in memory as a float tensor;
 - face_rec: ``Trainer.run_step`` as configured by default (channels_last), fed from a uint8
@@ -224,7 +224,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=float, default=1.0, help="backbone width multiplier")
     p.add_argument("--embedding-dim", type=int, default=512)
     p.add_argument(
-        "--head", default="arcface", help="a conf/head config: arcface, cosface_cpu, ..."
+        "--head", default="arcface", help="a conf/head config: arcface, cosface_demo, ..."
     )
     p.add_argument("--classes", type=int, default=4000)
     p.add_argument("--steps", type=int, default=3)
