@@ -23,17 +23,16 @@ identities' selection list (:mod:`face_rec.data.holdout`).
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 
 from face_rec.align.run import list_inputs
+from face_rec.data.pairs import write_csv_pairs
 from face_rec.data.train_set import read_people
-from face_rec.utils.io import atomic_path
 
 T = TypeVar("T")
 
@@ -59,10 +58,11 @@ def identity_disjoint_pairs(
             (``unique_mismatched``) too few distinct mismatched pairs.
     """
     keys = sorted(groups, key=lambda k: hashlib.sha256(k.encode("utf-8")).digest())
-    fold_of = {k: i % n_folds for i, k in enumerate(keys)}
+    folds = [
+        keys[f::n_folds] for f in range(n_folds)
+    ]  # dealt in turn: fold f holds key i, i % n == f
     n_matched = sum(len(groups[k]) >= 2 for k in keys)
-    short = [f for f in range(n_folds) if not any(len(groups[k]) >= 2 for k in keys[f::n_folds])]
-    if len(keys) < 2 * n_folds or short:
+    if len(keys) < 2 * n_folds or not all(any(len(groups[k]) >= 2 for k in ids) for ids in folds):
         raise ValueError(
             f"{len(keys)} identities, {n_matched} with two or more images: too few for "
             f"{n_folds} identity-disjoint folds (each needs two identities, one of them with two "
@@ -70,32 +70,31 @@ def identity_disjoint_pairs(
         )
     rng = np.random.default_rng(seed)
     pairs: list[tuple[T, T, bool, int]] = []
-    for f in range(n_folds):
-        ids = [k for k in keys if fold_of[k] == f]
+    for f, ids in enumerate(folds):
         matched = []
         for k in ids:
             g = groups[k]
             combos = [(g[i], g[j]) for i in range(len(g)) for j in range(i + 1, len(g))]
             picks = rng.permutation(len(combos))[:max_matched_per_identity]
             matched += [(*combos[p], True, f) for p in picks]
+        mismatched: list[tuple[T, T, bool, int]] = []
         seen: set[frozenset] = set()
-        draws = 0
-        while len(seen) < len(matched) if unique_mismatched else draws < len(matched):
-            draws += 1
-            if draws > 100 * len(matched):
-                raise ValueError(
-                    f"fold {f}: fewer than {len(matched)} distinct mismatched pairs among its "
-                    f"{len(ids)} identities"
-                )
+        for _ in range(100 * len(matched)):  # draws; without unique_mismatched, exactly as many
+            if len(mismatched) == len(matched):
+                break
             a, b = rng.choice(len(ids), 2, replace=False)
             ga, gb = groups[ids[a]], groups[ids[b]]
             pair = (ga[rng.integers(len(ga))], gb[rng.integers(len(gb))])
-            if unique_mismatched:
-                if frozenset(pair) in seen:
-                    continue
-                seen.add(frozenset(pair))
-            pairs.append((*pair, False, f))
-        pairs += matched
+            if unique_mismatched and frozenset(pair) in seen:
+                continue
+            seen.add(frozenset(pair))
+            mismatched.append((*pair, False, f))
+        if len(mismatched) < len(matched):
+            raise ValueError(
+                f"fold {f}: fewer than {len(matched)} distinct mismatched pairs among its "
+                f"{len(ids)} identities"
+            )
+        pairs += mismatched + matched
     return pairs
 
 
@@ -128,16 +127,6 @@ def scan_identities(
             f"image root {root}: no images found; expected one folder of images per identity"
         )
     return groups
-
-
-def write_pairs_csv(
-    path: str | Path, pairs: Sequence[tuple[Hashable, Hashable, bool, int]]
-) -> None:
-    """``path_a,path_b,same,fold`` with a header line, written atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path_a", "path_b", "same", "fold"])
-        w.writerows((a, b, int(same), fold) for a, b, same, fold in pairs)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -177,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     except ValueError as e:
         raise SystemExit(f"make_pairs: {e}; pass a smaller --folds") from None
-    write_pairs_csv(args.out, pairs)
+    write_csv_pairs(args.out, pairs)
     n_same = sum(p[2] for p in pairs)
     print(
         f"{args.out}: {len(pairs)} pairs ({n_same} matched, {len(pairs) - n_same} mismatched) over "

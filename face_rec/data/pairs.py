@@ -10,10 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from face_rec.utils.io import atomic_path
 
 
 class PairListError(ValueError):
@@ -176,6 +179,15 @@ def read_csv_pairs(path: str | Path, image_root: str | Path | None = None) -> Pa
     if -1 in folds and len(folds) > 1:
         raise PairListError(f"{path}: either every pair has a fold or none has")
     return _from_paths(pairs, "csv", path, root)
+
+
+def write_csv_pairs(path: str | Path, pairs: Sequence[tuple[str, str, bool, int]]) -> None:
+    """Write (path_a, path_b, same, fold) pairs as the CSV :func:`read_csv_pairs` reads, with a
+    header line, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path_a", "path_b", "same", "fold"])
+        w.writerows((a, b, int(same), fold) for a, b, same, fold in pairs)
 
 
 class _BinUnpickler(pickle.Unpickler):
