@@ -86,8 +86,8 @@ def build(name: str, args) -> torch.nn.Module:
 
 
 def head_loss_config(name: str) -> dict:
-    """``conf/head/<name>.yaml``'s loss, as train.py composes it (``head=<name>``), without the
-    default experiment's changes to it (the demo's ``head.loss.m``)."""
+    """``conf/head/<name>.yaml``'s loss (through its defaults chain, e.g. cosface_demo ->
+    cosface_cpu -> cosface), as train.py composes it for ``head=<name>``, with no experiment."""
     with initialize_config_dir(str(REPO / "conf"), version_base=None):
         cfg = compose("train", overrides=[f"head={name}", "~experiment"])
     return OmegaConf.to_container(cfg.head.loss, resolve=True)
