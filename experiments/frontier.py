@@ -1,25 +1,33 @@
-"""Accuracy versus training minutes of finished runs, and the frontier they trace.
+"""Accuracy versus training minutes of finished runs, per recipe, and the frontier they trace.
 
-    python experiments/frontier.py logs/train/runs/demo_* --out experiments/figures/demo_frontier
+    python experiments/frontier.py logs/train/runs/s5_* \
+        --previous experiments/figures/demo_frontier_runs_s1-3.md \
+        --out experiments/figures/demo_frontier --target 0.88
 
 Each run directory's ``metrics.json`` (read by :func:`face_rec.report.read_run`) gives the
 reported list's accuracy, the selection list's, the training wall time and the machine it ran on;
 ``config.yaml`` names the recipe (backbone, width, input size, head with its loss settings,
-steps, batch size, learning rates, training sources). A run is on the
-frontier when no run on the same machine (CPU capability, threads) was both faster and more
-accurate. Writes ``<out>.png`` (accuracy against minutes, each machine's frontier joined, one
-marker per CPU capability and thread count, so runs timed on different machines are not read as one
-curve) and ``<out>.md`` (the table, fastest first).
+steps, batch size, learning rates, training sources and their filter). ``--previous`` adds the
+runs of an earlier output's run table (runs whose directories are gone). Runs of one recipe on one
+machine (CPU capability, threads), i.e. its seeds, make one point: the mean, with the seeds' sample
+standard deviation as an error bar. A recipe is on the frontier when no recipe on the same machine
+was both faster and more accurate on average. Writes ``<out>.png`` (accuracy against minutes, each
+machine's frontier joined, one marker per CPU capability and thread count, so runs timed on
+different machines are not read as one curve) and ``<out>.md`` (the recipes, fastest first, then
+every run).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 from pathlib import Path
 
 import yaml
 
 from face_rec.report import read_run
+
+RUN_COLUMNS = ["run", "recipe", "machine", "train min", "DevTest accuracy", "selection"]
 
 
 def load_run(run: Path) -> dict:
@@ -29,7 +37,7 @@ def load_run(run: Path) -> dict:
     if r.values.get("accuracy") is None:
         raise ValueError(f"{run}: metrics.json has no val/accuracy (no final validation)")
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    m, t, a = cfg["model"], cfg["trainer"], cfg["augment"]
+    m, t, a, d = cfg["model"], cfg["trainer"], cfg["augment"], cfg["train_data"]
     lr = cfg["optimizer"]["lr"]
     loss = cfg["head"].get("loss") or {}
     margin = ", ".join(  # every numeric setting: s, m; combined's m1-m3; MagFace's bounds
@@ -38,12 +46,14 @@ def load_run(run: Path) -> dict:
         if isinstance(v, int | float) and not isinstance(v, bool)
     )
     head = cfg["head"]["name"] + (f" ({margin})" if margin else "")
+    least = d.get("min_images_per_identity", 1)
     label = (
-        f"{m['name']} x{m.get('width', 1.0):g} {m['input_size']}px {head} "
+        f"{m['name']} x{m.get('width', 1.0):g} {m['input_size']}px d{m['embedding_dim']} {head} "
         f"{t['max_steps']} steps of {t['batch_size']}, lr {lr * t.get('backbone_lr_scale', 1):g}"
         f"/{lr * t.get('head_lr_scale', 1):g}"  # backbone / class centres
         + (", crop aug" if a.get("tight_crop") or a.get("low_res") else "")
-        + f", {'+'.join(cfg['train_data']['sources'])}"
+        + f", {'+'.join(d['sources'])}"
+        + (f" (identities with >= {least} images)" if least > 1 else "")
     )
     return {
         "run": run.name,
@@ -53,6 +63,56 @@ def load_run(run: Path) -> dict:
         "select": r.values["select_accuracy"],
         "machine": f"{r.machine['cpu_capability']}, {r.machine['threads']} thread(s)",
     }
+
+
+def read_run_table(path: Path) -> list[dict]:
+    """The runs of an earlier output's run table (``<out>.md``, the table headed ``| run |``)."""
+    points, header = [], None
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == "run":
+            header = cells
+        elif header and line.startswith("|") and not cells[0].startswith("---"):
+            row = dict(zip(header, cells, strict=True))
+            points.append(
+                {
+                    "run": row["run"],
+                    "label": row["recipe"],
+                    "minutes": float(row["train min"]),
+                    "accuracy": float(row["DevTest accuracy"]),
+                    "select": float(row["selection"]) if row["selection"] else None,
+                    "machine": row["machine"],
+                }
+            )
+        elif not line.startswith("|"):
+            header = None
+    if not points:
+        raise ValueError(f"{path}: no run table (a row headed '| run |') in it")
+    return points
+
+
+def recipes(points: list[dict]) -> list[dict]:
+    """One point per recipe and machine: mean minutes, accuracy and selection accuracy over its
+    runs (seeds), the accuracies' sample std (0 for one run), the runs."""
+    groups: dict[tuple, list[dict]] = {}
+    for p in points:
+        groups.setdefault((p["label"], p["machine"]), []).append(p)
+    out = []
+    for (label, machine), runs in groups.items():
+        acc = [p["accuracy"] for p in runs]
+        sel = [p["select"] for p in runs if p["select"] is not None]
+        out.append(
+            {
+                "label": label,
+                "machine": machine,
+                "runs": [p["run"] for p in runs],
+                "minutes": statistics.mean(p["minutes"] for p in runs),
+                "accuracy": statistics.mean(acc),
+                "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                "select": statistics.mean(sel) if sel else None,
+            }
+        )
+    return out
 
 
 def frontier(points: list[dict]) -> list[dict]:
@@ -66,43 +126,56 @@ def frontier(points: list[dict]) -> list[dict]:
     return out
 
 
-def table(points: list[dict], front: list[dict]) -> str:
+def _sel(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def table(points: list[dict], rec: list[dict], front: list[dict]) -> str:
     rows = [
-        "| run | recipe | machine | train min | DevTest accuracy | selection | frontier |",
-        "| --- | --- | --- | ---: | ---: | ---: | :---: |",
+        "| # | recipe | machine | runs | train min | DevTest accuracy (mean +- std) | selection "
+        "| frontier |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | :---: |",
     ]
+    for i, r in enumerate(sorted(rec, key=lambda r: r["minutes"]), 1):
+        r["index"] = i
+        acc = f"{r['accuracy']:.3f}" + (f" +- {r['std']:.3f}" if len(r["runs"]) > 1 else "")
+        rows.append(
+            f"| {i} | {r['label']} | {r['machine']} | {len(r['runs'])} | {r['minutes']:.1f} | "
+            f"{acc} | {_sel(r['select'])} | {'yes' if r in front else ''} |"
+        )
+    rows += ["", "| " + " | ".join(RUN_COLUMNS) + " |", "| --- | --- | --- | ---: | ---: | ---: |"]
     for p in sorted(points, key=lambda p: p["minutes"]):
-        sel = "" if p["select"] is None else f"{p['select']:.3f}"
         rows.append(
             f"| {p['run']} | {p['label']} | {p['machine']} | {p['minutes']:.1f} | "
-            f"{p['accuracy']:.3f} | {sel} | {'yes' if p in front else ''} |"
+            f"{p['accuracy']:.3f} | {_sel(p['select'])} |"
         )
     return "\n".join(rows) + "\n"
 
 
-def plot(points: list[dict], front: list[dict], path: Path, target: float | None) -> None:
+def plot(rec: list[dict], front: list[dict], path: Path, target: float | None) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot()
-    for i, machine in enumerate(sorted({p["machine"] for p in points})):
-        mine = [p for p in points if p["machine"] == machine]
-        ax.scatter(
-            [p["minutes"] for p in mine],
-            [p["accuracy"] for p in mine],
-            marker="os^D"[i % 4],
+    for i, machine in enumerate(sorted({r["machine"] for r in rec})):
+        mine = [r for r in rec if r["machine"] == machine]
+        ax.errorbar(
+            [r["minutes"] for r in mine],
+            [r["accuracy"] for r in mine],
+            yerr=[r["std"] for r in mine],
+            fmt="os^D"[i % 4],
+            capsize=2,
             label=machine,
         )
-    for p in points:
-        ax.annotate(p["run"], (p["minutes"], p["accuracy"]), fontsize=7, alpha=0.8)  # the
-        # recipe is in the table
-    for machine in sorted({p["machine"] for p in front}):
-        mine = [p for p in front if p["machine"] == machine]
-        ax.plot([p["minutes"] for p in mine], [p["accuracy"] for p in mine], "k--", lw=1)
+    for r in rec:  # the recipe is in the table, by this number
+        ax.annotate(f"{r['index']} (n={len(r['runs'])})", (r["minutes"], r["accuracy"]), fontsize=7)
+    for machine in sorted({r["machine"] for r in front}):
+        mine = [r for r in front if r["machine"] == machine]
+        ax.plot([r["minutes"] for r in mine], [r["accuracy"] for r in mine], "k--", lw=1)
     if target is not None:
         ax.axhline(target, color="grey", lw=0.8, ls=":", label=f"target {target:.0%}")
     ax.set_xlabel("training wall time (minutes)")
-    ax.set_title("recipes: the table beside this figure", fontsize=8)
+    ax.set_title("recipes (mean +- std over seeds): the table beside this figure", fontsize=8)
     ax.set_ylabel("LFW View 1 DevTest accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -112,20 +185,32 @@ def plot(points: list[dict], front: list[dict], path: Path, target: float | None
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("runs", nargs="+", type=Path, help="run directories (metrics.json, config.yaml)")
+    p.add_argument("runs", nargs="*", type=Path, help="run directories (metrics.json, config.yaml)")
+    p.add_argument(
+        "--previous",
+        type=Path,
+        action="append",
+        default=[],
+        help="an earlier <out>.md whose run table's runs are added (repeatable)",
+    )
     p.add_argument("--out", type=Path, required=True, help="writes <out>.png and <out>.md")
     p.add_argument("--target", type=float, default=None, help="a horizontal line, e.g. 0.88")
     args = p.parse_args(argv)
-    points = [load_run(r) for r in args.runs]
+    points = [q for t in args.previous for q in read_run_table(t)]
+    points += [load_run(r) for r in args.runs]
+    if not points:
+        p.error("no runs: give run directories or --previous tables")
+    rec = recipes(points)
     front = [
         f
-        for m in {p["machine"] for p in points}
-        for f in frontier([p for p in points if p["machine"] == m])
+        for m in {r["machine"] for r in rec}
+        for f in frontier([r for r in rec if r["machine"] == m])
     ]
+    text = table(points, rec, front)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text(table(points, front))
-    plot(points, front, args.out.with_suffix(".png"), args.target)
-    print(table(points, front))
+    args.out.with_suffix(".md").write_text(text)
+    plot(rec, front, args.out.with_suffix(".png"), args.target)
+    print(text)
     return points
 
 

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 
+import pytest
 import yaml
 
 from .conftest import REPO
@@ -21,43 +22,77 @@ def test_a_run_is_on_the_frontier_only_when_nothing_faster_is_as_accurate():
     assert [p["run"] for p in frontier.frontier(pts)] == ["a", "c"]
 
 
+def _run(root, name, minutes, acc, threads, head, least=1, dim=128):
+    run = root / name
+    run.mkdir()
+    cfg = {
+        "model": {"name": "iresnet18", "width": 0.125, "input_size": 48, "embedding_dim": dim},
+        "head": head,
+        "trainer": {"max_steps": 100, "batch_size": 64, "head_lr_scale": 10.0},
+        "train_data": {"sources": {"lfw": {}, "celeba299": {}}, "min_images_per_identity": least},
+        "optimizer": {"lr": 0.1},
+        "augment": {"tight_crop": 0.0, "low_res": 0.0},
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    metrics = {
+        "val": {"accuracy_mean": acc},  # as train.py writes it (also flat: val/accuracy)
+        "val/accuracy": acc,
+        "select/accuracy": acc,
+        "train": {"wall_time_s": minutes * 60},
+        "machine": {"cpu_capability": "AVX512", "threads": threads},
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return str(run)
+
+
+COSFACE = {"name": "cosface", "loss": {"_target_": "CosFaceLoss", "s": 32.0, "m": 0.35}}
+
+
 def test_the_table_marks_the_frontier_within_each_machine(tmp_path):
-    cosface = {"name": "cosface", "loss": {"_target_": "CosFaceLoss", "s": 32.0, "m": 0.35}}
     softmax = {"name": "softmax", "loss": {"_target_": "SoftmaxLoss", "m": None}}  # no s, m null
     combined = {"name": "combined", "loss": {"s": 64.0, "m1": 1.0, "m2": 0.3, "m3": 0.2}}
     combined["loss"]["easy_margin"] = True  # a flag, not a number: left out
-    for name, minutes, acc, threads, head in [
-        ("fast", 5, 0.87, 2, cosface),
-        ("slow1", 30, 0.86, 1, softmax),
-        ("slow2", 40, 0.85, 1, combined),
-    ]:
-        run = tmp_path / name
-        run.mkdir()
-        cfg = {
-            "model": {"name": "iresnet18", "width": 0.125, "input_size": 48},
-            "head": head,
-            "trainer": {"max_steps": 100, "batch_size": 64, "head_lr_scale": 10.0},
-            "train_data": {"sources": {"lfw": {}, "celeba299": {}}},
-            "optimizer": {"lr": 0.1},
-            "augment": {"tight_crop": 0.0, "low_res": 0.0},
-        }
-        (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        metrics = {
-            "val": {"accuracy_mean": acc},  # as train.py writes it (also flat: val/accuracy)
-            "val/accuracy": acc,
-            "select/accuracy": acc,
-            "train": {"wall_time_s": minutes * 60},
-            "machine": {"cpu_capability": "AVX512", "threads": threads},
-        }
-        (run / "metrics.json").write_text(json.dumps(metrics))
+    runs = [
+        _run(tmp_path, "fast", 5, 0.87, 2, COSFACE),
+        _run(tmp_path, "slow1", 30, 0.86, 1, softmax, least=2),
+        _run(tmp_path, "slow2", 40, 0.85, 1, combined, dim=512),
+    ]
     out = tmp_path / "fig" / "frontier"
-    runs = [str(tmp_path / n) for n in ("fast", "slow1", "slow2")]
     points = frontier.main([*runs, "--out", str(out)])
-    label = "iresnet18 x0.125 48px cosface (s 32, m 0.35) 100 steps of 64, lr 0.1/1, lfw+celeba299"
+    label = "iresnet18 x0.125 48px d128 cosface (s 32, m 0.35) 100 steps of 64, lr 0.1/1, "
+    label += "lfw+celeba299"
     assert points[0]["label"] == label
-    assert points[1]["label"].startswith("iresnet18 x0.125 48px softmax 100 steps")
-    assert "combined (s 64, m1 1, m2 0.3, m3 0.2) 100 steps" in points[2]["label"]
-    rows = out.with_suffix(".md").read_text().splitlines()[2:]
+    assert points[1]["label"].startswith("iresnet18 x0.125 48px d128 softmax 100 steps")
+    assert points[1]["label"].endswith("lfw+celeba299 (identities with >= 2 images)")
+    assert "d512 combined (s 64, m1 1, m2 0.3, m3 0.2) 100 steps" in points[2]["label"]
+    text = out.with_suffix(".md").read_text().split("\n\n")
+    recipe_rows = text[0].splitlines()[2:]
     # slow1: slower and less accurate, but the fastest on its machine: on that machine's frontier
-    assert [r.endswith("| yes |") for r in rows] == [True, True, False], rows
+    assert [r.endswith("| yes |") for r in recipe_rows] == [True, True, False], recipe_rows
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_seeds_of_a_recipe_are_one_point_and_earlier_tables_are_read_back(tmp_path):
+    runs = [
+        _run(tmp_path, "a_seed0", 4, 0.86, 2, COSFACE),
+        _run(tmp_path, "a_seed1", 6, 0.88, 2, COSFACE),
+        _run(tmp_path, "b", 4.5, 0.865, 2, COSFACE, least=2),  # another recipe
+    ]
+    first = tmp_path / "first"
+    frontier.main([runs[0], runs[2], "--out", str(first)])
+    out = tmp_path / "again"
+    frontier.main([runs[1], "--previous", str(first.with_suffix(".md")), "--out", str(out)])
+    rec = frontier.recipes(frontier.read_run_table(out.with_suffix(".md")))
+    a = next(r for r in rec if set(r["runs"]) == {"a_seed0", "a_seed1"})
+    assert a["minutes"] == 5 and abs(a["accuracy"] - 0.87) < 1e-9
+    assert abs(a["std"] - 0.0141421) < 1e-6  # sample std of 0.86, 0.88
+    assert len(rec) == 2
+    # b (4.5 min, 0.865): faster than a's mean (5 min, 0.87), less accurate: both on the frontier
+    assert len(frontier.frontier(rec)) == 2
+
+
+def test_a_file_without_a_run_table_is_an_error(tmp_path):
+    f = tmp_path / "notes.md"
+    f.write_text("# notes\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n")
+    with pytest.raises(ValueError, match="no run table"):
+        frontier.read_run_table(f)
