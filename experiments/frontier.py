@@ -7,19 +7,21 @@
 Each run directory's ``metrics.json`` (read by :func:`face_rec.report.read_run`) gives the
 reported list's accuracy, the selection list's, the training wall time and the machine it ran on;
 ``config.yaml`` names the recipe (backbone, width, input size, head with its loss settings,
-steps, batch size, learning rates, training sources and their filter). ``--previous`` adds the
+steps, batch size, learning rates, training sources and their filter; "[k-fold CV]" where the
+reported accuracy's threshold is not a calibration list's). ``--previous`` adds the
 runs of an earlier output's run table (runs whose directories are gone). Runs of one recipe on one
-machine (CPU capability, threads), i.e. its seeds, make one point: the mean, with the seeds' sample
-standard deviation as an error bar. A recipe is on the frontier when no recipe on the same machine
-was both faster and more accurate on average. Writes ``<out>.png`` (accuracy against minutes, each
-machine's frontier joined, one marker per CPU capability and thread count, so runs timed on
-different machines are not read as one curve) and ``<out>.md`` (the recipes, fastest first, then
-every run).
+machine (CPU capability, threads), i.e. its seeds, make one point: the mean, with the seeds'
+sample standard deviation as an error bar. A recipe is on the frontier when no recipe on the same
+machine, scored the same way, was both faster and more accurate on average. Writes ``<out>.png``
+(accuracy against minutes, each machine's frontier joined, one marker per CPU capability and
+thread count, so runs timed on different machines are not read as one curve) and ``<out>.md``
+(the recipes, fastest first, then every run).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
@@ -27,6 +29,7 @@ import yaml
 
 from face_rec.report import read_run
 
+CV = " [k-fold CV]"  # label suffix: the reported accuracy's threshold by k-fold CV
 RUN_COLUMNS = ["run", "recipe", "machine", "train min", "DevTest accuracy", "selection"]
 
 
@@ -47,6 +50,7 @@ def load_run(run: Path) -> dict:
     )
     head = cfg["head"]["name"] + (f" ({margin})" if margin else "")
     least = d.get("min_images_per_identity", 1)
+    protocol = json.loads((run / "metrics.json").read_text()).get("val", {}).get("protocol", "")
     label = (
         f"{m['name']} x{m.get('width', 1.0):g} {m['input_size']}px d{m['embedding_dim']} {head} "
         f"{t['max_steps']} steps of {t['batch_size']}, lr {lr * t.get('backbone_lr_scale', 1):g}"
@@ -54,6 +58,9 @@ def load_run(run: Path) -> dict:
         + (", crop aug" if a.get("tight_crop") or a.get("low_res") else "")
         + f", {'+'.join(d['sources'])}"
         + (f" (identities with >= {least} images)" if least > 1 else "")
+        # the reported accuracy's threshold: a calibration list's, or else k-fold CV over the
+        # list's own pairs (another number for the same model: its own recipe row)
+        + ("" if not protocol or "calibration list" in protocol else CV)
     )
     return {
         "run": run.name,
@@ -115,6 +122,11 @@ def recipes(points: list[dict]) -> list[dict]:
     return out
 
 
+def _curve(r: dict) -> tuple[str, bool]:
+    """Points that may be compared: one machine kind, one way of choosing the threshold."""
+    return r["machine"], r["label"].endswith(CV)
+
+
 def frontier(points: list[dict]) -> list[dict]:
     """The points no other point beats on both time and accuracy, fastest first (call it on
     one machine's points: minutes on two machines are not comparable)."""
@@ -169,8 +181,8 @@ def plot(rec: list[dict], front: list[dict], path: Path, target: float | None) -
         )
     for r in rec:  # the recipe is in the table, by this number
         ax.annotate(f"{r['index']} (n={len(r['runs'])})", (r["minutes"], r["accuracy"]), fontsize=7)
-    for machine in sorted({r["machine"] for r in front}):
-        mine = [r for r in front if r["machine"] == machine]
+    for curve in sorted({_curve(r) for r in front}):
+        mine = [r for r in front if _curve(r) == curve]
         ax.plot([r["minutes"] for r in mine], [r["accuracy"] for r in mine], "k--", lw=1)
     if target is not None:
         ax.axhline(target, color="grey", lw=0.8, ls=":", label=f"target {target:.0%}")
@@ -202,9 +214,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         p.error("no runs: give run directories or --previous tables")
     rec = recipes(points)
     front = [
-        f
-        for m in {r["machine"] for r in rec}
-        for f in frontier([r for r in rec if r["machine"] == m])
+        f for g in {_curve(r) for r in rec} for f in frontier([r for r in rec if _curve(r) == g])
     ]
     text = table(points, rec, front)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -22,7 +23,7 @@ def test_a_run_is_on_the_frontier_only_when_nothing_faster_is_as_accurate():
     assert [p["run"] for p in frontier.frontier(pts)] == ["a", "c"]
 
 
-def _run(root, name, minutes, acc, threads, head, least=1, dim=128):
+def _run(root, name, minutes, acc, threads, head, least=1, dim=128, protocol=None):
     run = root / name
     run.mkdir()
     cfg = {
@@ -35,7 +36,11 @@ def _run(root, name, minutes, acc, threads, head, least=1, dim=128):
     }
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     metrics = {
-        "val": {"accuracy_mean": acc},  # as train.py writes it (also flat: val/accuracy)
+        "val": {
+            "accuracy_mean": acc,
+            "protocol": protocol
+            or "threshold chosen on the calibration list (2200 pairs), applied to this list",
+        },  # as train.py writes it
         "val/accuracy": acc,
         "select/accuracy": acc,
         "train": {"wall_time_s": minutes * 60},
@@ -87,6 +92,9 @@ def test_seeds_of_a_recipe_are_one_point_and_earlier_tables_are_read_back(tmp_pa
     assert a["minutes"] == 5 and abs(a["accuracy"] - 0.87) < 1e-9
     assert abs(a["std"] - 0.0141421) < 1e-6  # sample std of 0.86, 0.88
     assert len(rec) == 2
+    cv = _run(tmp_path, "a_cv", 5, 0.88, 2, COSFACE, protocol="10-fold CV over stratified folds")
+    assert frontier.load_run(Path(cv))["label"].endswith("lfw+celeba299 [k-fold CV]")  # not a
+    # seed of recipe a: the same model scored another way
     # b (4.5 min, 0.865): faster than a's mean (5 min, 0.87), less accurate: both on the frontier
     assert len(frontier.frontier(rec)) == 2
 
