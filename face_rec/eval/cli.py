@@ -367,6 +367,10 @@ def summary_line(m: dict) -> str:
         acc += f"; standard error {m['accuracy_sem']:.4f}, as the LFW page)"
     if m["n_scored"] < m["n_pairs"]:
         acc += f" [unscored pairs counted wrong; {m['accuracy_scored_only']:.4f} over scored]"
+    if m.get("accuracy_kfold_cv"):
+        acc += (
+            f" (calibration list's threshold; 10-fold CV: {m['accuracy_kfold_cv']['accuracy']:.4f})"
+        )
     tars = ", ".join(f"TAR@{k} {v:.3f}" for k, v in m["tar_at_far"].items() if v is not None)
     return (
         f"{acc}, AUC {m['auc']:.4f}, EER {m['eer']:.4f}, {tars}; "

@@ -261,7 +261,9 @@ def verification_metrics(
 ) -> dict:
     """Every number of the protocol: accuracy (:func:`protocol_accuracy`; NaN scores are
     unscorable pairs and count as errors), ROC, AUC, EER and TAR@FAR (over the scored pairs)
-    and bootstrap 95% intervals.
+    and bootstrap 95% intervals. A fold-less list scored at a calibration list's threshold also
+    gets ``accuracy_kfold_cv``: 10-fold CV over its own pairs, the protocol's other option (a
+    calibration list of people the model trained on gives too strict a threshold).
 
     ``calibration``: (scores, labels, resampling units) of the list the threshold is chosen on.
     ``units``: (N,) resampling unit per pair and its name (:func:`resampling_units`; default
@@ -278,6 +280,13 @@ def verification_metrics(
     units = units or (np.arange(len(scores)), "pairs")
     out = protocol_accuracy(scores, labels, folds, calibration and calibration[:2])
     correct = out.pop("correct")
+    if calibration is not None and not out["fold_accuracies"]:  # DESIGN.md's other View 1 option
+        cv = protocol_accuracy(scores, labels, None)
+        out["accuracy_kfold_cv"] = {
+            "accuracy": cv["accuracy_mean"],
+            "accuracy_std": cv["accuracy_std"],
+            "protocol": cv["protocol"] + "; the same model, without the calibration list",
+        }
     if pair_quality is not None:  # the protocol's decisions kept, low-quality pairs rejected
         out["error_vs_reject"] = error_vs_reject(correct, pair_quality)
     s, y = scores[scored], labels[scored]

@@ -7,6 +7,7 @@ from torch import nn
 
 from face_rec.data.pairs import Pairs, write_bin
 from face_rec.eval.embed import embed_crops
+from face_rec.eval.metrics import best_threshold
 from face_rec.eval.verification import (
     PairImages,
     evaluate_pairs,
@@ -97,6 +98,17 @@ def test_protocol_choice_and_far_reporting():
 
     cv = verification_metrics(scores, labels, None, n_bootstrap=50)
     assert "own pairs" in cv["protocol"] and len(cv["fold_accuracies"]) == 10
+    # the calibrated list also carries the other option's figure: the same as scoring it alone
+    assert cal["accuracy_kfold_cv"]["accuracy"] == cv["accuracy_mean"]
+    assert cal["accuracy_kfold_cv"]["accuracy_std"] == cv["accuracy_std"]
+    assert "accuracy_kfold_cv" not in cv and "accuracy_kfold_cv" not in kf
+    # by hand: per stratified fold, the best threshold of the other folds
+    f = stratified_folds(labels)
+    hand = []
+    for k in range(10):
+        t_k = best_threshold(scores[f != k], labels[f != k])[0]
+        hand.append(np.mean((scores[f == k] > t_k) == labels[f == k]))
+    assert cal["accuracy_kfold_cv"]["accuracy"] == pytest.approx(np.mean(hand))
 
 
 def test_stratified_folds_balance_classes():
