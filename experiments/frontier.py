@@ -75,27 +75,35 @@ def load_run(run: Path) -> dict:
 def read_run_table(path: Path) -> list[dict]:
     """The runs of an earlier output's run table (``<out>.md``, the table headed ``| run |``)."""
     points, header = [], None
-    for line in path.read_text().splitlines():
+    for n, line in enumerate(path.read_text().splitlines(), 1):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if cells[0] == "run":
             header = cells
-        elif header and line.startswith("|") and not cells[0].startswith("---"):
-            row = dict(zip(header, cells, strict=True))
-            points.append(
-                {
-                    "run": row["run"],
-                    "label": row["recipe"],
-                    "minutes": float(row["train min"]),
-                    "accuracy": float(row["DevTest accuracy"]),
-                    "select": float(row["selection"]) if row["selection"] else None,
-                    "machine": row["machine"],
-                }
-            )
+        elif header and line.startswith("|") and not cells[0].lstrip(":").startswith("---"):
+            try:
+                row = dict(zip(header, cells, strict=True))
+                points.append(_table_point(row))
+            except (ValueError, KeyError) as e:
+                raise ValueError(
+                    f"{path}:{n}: not a run row of frontier.py's table ({e})"
+                ) from None
         elif not line.startswith("|"):
             header = None
     if not points:
         raise ValueError(f"{path}: no run table (a row headed '| run |') in it")
     return points
+
+
+def _table_point(row: dict) -> dict:
+    """A run table row (cells by header) as a point."""
+    return {
+        "run": row["run"],
+        "label": row["recipe"],
+        "minutes": float(row["train min"]),
+        "accuracy": float(row["DevTest accuracy"]),
+        "select": float(row["selection"]) if row["selection"] else None,
+        "machine": row["machine"],
+    }
 
 
 def recipes(points: list[dict]) -> list[dict]:

@@ -70,6 +70,7 @@ def test_every_config_option_passes(option):
         chosen, composed = (OmegaConf.to_container(c[group]) for c in (alone, cfg))  # unresolved
         for key in set(chosen) - set_by_experiment:
             assert composed[key] == chosen[key], key
+        assert set(composed) - set(chosen) <= set_by_experiment  # nothing else added
     check_config(cfg)
 
 

@@ -104,3 +104,9 @@ def test_a_file_without_a_run_table_is_an_error(tmp_path):
     f.write_text("# notes\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n")
     with pytest.raises(ValueError, match="no run table"):
         frontier.read_run_table(f)
+    f.write_text(
+        "| run | recipe | machine | train min | DevTest accuracy | selection |\n"
+        "| :--- | --- | --- | ---: | ---: | ---: |\n| a | r | m | 5 | n/a | |\n"
+    )
+    with pytest.raises(ValueError, match=r"notes.md:3: not a run row"):  # names file and line
+        frontier.read_run_table(f)
