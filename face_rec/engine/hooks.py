@@ -95,14 +95,14 @@ class TensorBoard(Hook):
             self.writer.add_histogram("train/embedding_norm", m["embedding_norms"], step)
 
     def log_validation(self, step: int, name: str, metrics: dict, prefix: str = "val") -> None:
-        """``<prefix>/<name>/{accuracy,eer,auc,tar_at_far_*}`` scalars (and ``accuracy_10fold_cv``
+        """``<prefix>/<name>/{accuracy,eer,auc,tar_at_far_*}`` scalars (and ``accuracy_kfold_cv``
         for a list scored at a calibration list's threshold) and the ROC figure."""
         from face_rec.eval.report import plot_roc_figure
 
         self.writer.add_scalar(f"{prefix}/{name}/accuracy", metrics["accuracy_mean"], step)
         if metrics.get("accuracy_kfold_cv"):
-            cv = metrics["accuracy_kfold_cv"]["accuracy"]
-            self.writer.add_scalar(f"{prefix}/{name}/accuracy_10fold_cv", cv, step)
+            cv = metrics["accuracy_kfold_cv"]["accuracy_mean"]
+            self.writer.add_scalar(f"{prefix}/{name}/accuracy_kfold_cv", cv, step)
         self.writer.add_scalar(f"{prefix}/{name}/eer", metrics["eer"], step)
         self.writer.add_scalar(f"{prefix}/{name}/auc", metrics["auc"], step)
         for key, tar in metrics["tar_at_far"].items():
@@ -187,7 +187,7 @@ def _summary(m: dict) -> dict:
     cv = m.get("accuracy_kfold_cv")
     return {
         "accuracy": m["accuracy_mean"],
-        **({"accuracy_10fold_cv": cv["accuracy"]} if cv else {}),
+        **({"accuracy_kfold_cv": cv["accuracy_mean"]} if cv else {}),
         "eer": m["eer"],
         "auc": m["auc"],
         "tar_at_far": m["tar_at_far"],

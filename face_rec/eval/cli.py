@@ -233,6 +233,14 @@ def evaluate_list(
     if pairs.n_folds < 2 and calib_path and Path(calib_path).is_file():
         c_pairs = load_pairs(calib_path, cfg.image_root)
         calibration = (c_pairs, prepare_pair_images(c_pairs, cfg))
+    elif pairs.n_folds < 2 and calib_path:
+        log.warning(
+            "calibration_pairs=%s does not exist: %s is scored by 10-fold CV over its own pairs "
+            "instead (set FACE_REC_DATA or data.root, pass calibration_pairs=<file>, or "
+            "calibration_pairs=null to ask for 10-fold CV)",
+            calib_path,
+            pairs_path,
+        )
     images = prepare_pair_images(pairs, cfg)
     metrics = evaluate_pairs(
         model,
@@ -368,9 +376,8 @@ def summary_line(m: dict) -> str:
     if m["n_scored"] < m["n_pairs"]:
         acc += f" [unscored pairs counted wrong; {m['accuracy_scored_only']:.4f} over scored]"
     if m.get("accuracy_kfold_cv"):
-        acc += (
-            f" (calibration list's threshold; 10-fold CV: {m['accuracy_kfold_cv']['accuracy']:.4f})"
-        )
+        cv = m["accuracy_kfold_cv"]["accuracy_mean"]
+        acc += f" (calibration list's threshold; 10-fold CV over its own pairs: {cv:.4f})"
     tars = ", ".join(f"TAR@{k} {v:.3f}" for k, v in m["tar_at_far"].items() if v is not None)
     return (
         f"{acc}, AUC {m['auc']:.4f}, EER {m['eer']:.4f}, {tars}; "

@@ -282,10 +282,10 @@ def verification_metrics(
     correct = out.pop("correct")
     if calibration is not None and not out["fold_accuracies"]:  # DESIGN.md's other View 1 option
         cv = protocol_accuracy(scores, labels, None)
-        out["accuracy_kfold_cv"] = {
-            "accuracy": cv["accuracy_mean"],
-            "accuracy_std": cv["accuracy_std"],
-            "protocol": cv["protocol"] + "; the same model, without the calibration list",
+        keep = ("accuracy_mean", "accuracy_scored_only", "accuracy_std", "accuracy_sem")
+        out["accuracy_kfold_cv"] = {k: cv[k] for k in keep} | {
+            "protocol": cv["protocol"] + ", not identity-disjoint; accuracy_std is the "
+            "population std over folds; the same model, without the calibration list",
         }
     if pair_quality is not None:  # the protocol's decisions kept, low-quality pairs rejected
         out["error_vs_reject"] = error_vs_reject(correct, pair_quality)

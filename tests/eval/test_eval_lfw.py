@@ -130,6 +130,17 @@ def test_missing_pair_list_is_a_clear_error(lfw_root, tmp_path):
         evaluate_from_config(cfg, tmp_path / "out")
 
 
+def test_a_missing_calibration_list_is_said_and_the_protocol_named(lfw_root, tmp_path, caplog):
+    """A fold-less list whose calibration_pairs file is missing (e.g. FACE_REC_DATA unset) is
+    scored by 10-fold CV over its own pairs, and the run says so instead of switching quietly."""
+    pairs = _slice_view1(lfw_root / "pairsDevTest.txt", tmp_path / "test.txt", 20)
+    cfg = _cfg(tmp_path, lfw_root, pairs, tmp_path / "no_calib.txt")
+    with caplog.at_level("WARNING"):
+        m = evaluate_from_config(cfg, tmp_path / "out")
+    assert "no_calib.txt does not exist" in caplog.text and "10-fold CV" in caplog.text
+    assert m["protocol"].startswith("10-fold CV") and "accuracy_kfold_cv" not in m
+
+
 def test_view2_format_runs_the_fold_protocol(lfw_root, tmp_path):
     """A pairs.txt in View 2's format (here 2 folds x 6 + 6 pairs built from DevTest's lists)
     is scored fold by fold, each with the threshold chosen on the other fold."""

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from face_rec.data.pairs import Pairs, write_bin
+from face_rec.eval.cli import summary_line
 from face_rec.eval.embed import embed_crops
 from face_rec.eval.metrics import best_threshold
 from face_rec.eval.verification import (
@@ -99,8 +100,8 @@ def test_protocol_choice_and_far_reporting():
     cv = verification_metrics(scores, labels, None, n_bootstrap=50)
     assert "own pairs" in cv["protocol"] and len(cv["fold_accuracies"]) == 10
     # the calibrated list also carries the other option's figure: the same as scoring it alone
-    assert cal["accuracy_kfold_cv"]["accuracy"] == cv["accuracy_mean"]
-    assert cal["accuracy_kfold_cv"]["accuracy_std"] == cv["accuracy_std"]
+    for key in ("accuracy_mean", "accuracy_scored_only", "accuracy_std", "accuracy_sem"):
+        assert cal["accuracy_kfold_cv"][key] == cv[key], key
     assert "accuracy_kfold_cv" not in cv and "accuracy_kfold_cv" not in kf
     # by hand: per stratified fold, the best threshold of the other folds
     f = stratified_folds(labels)
@@ -108,7 +109,18 @@ def test_protocol_choice_and_far_reporting():
     for k in range(10):
         t_k = best_threshold(scores[f != k], labels[f != k])[0]
         hand.append(np.mean((scores[f == k] > t_k) == labels[f == k]))
-    assert cal["accuracy_kfold_cv"]["accuracy"] == pytest.approx(np.mean(hand))
+    assert cal["accuracy_kfold_cv"]["accuracy_mean"] == pytest.approx(np.mean(hand))
+    # an unscorable pair (NaN) counts as an error in the 10-fold figure too, and the summary
+    # line shows both numbers
+    holed = scores.copy()
+    holed[0] = np.nan  # a matched pair: right at any threshold if scored
+    cal2 = verification_metrics(holed, labels, None, calibration=calib, n_bootstrap=0)
+    cv2 = cal2["accuracy_kfold_cv"]
+    assert cv2["accuracy_mean"] < cv2["accuracy_scored_only"]
+    cal2.update(n_pairs=len(labels), n_scored=len(labels) - 1)
+    line = summary_line(cal2)
+    assert f"accuracy {cal2['accuracy_mean']:.4f}" in line
+    assert f"10-fold CV over its own pairs: {cv2['accuracy_mean']:.4f}" in line
 
 
 def test_stratified_folds_balance_classes():
