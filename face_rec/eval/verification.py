@@ -263,7 +263,7 @@ def verification_metrics(
     unscorable pairs and count as errors), ROC, AUC, EER and TAR@FAR (over the scored pairs)
     and bootstrap 95% intervals. A fold-less list scored at a calibration list's threshold also
     gets ``accuracy_kfold_cv``: 10-fold CV over its own pairs, the protocol's other option (a
-    calibration list of people the model trained on gives too strict a threshold).
+    calibration list of people the model trained on can give too strict a threshold).
 
     ``calibration``: (scores, labels, resampling units) of the list the threshold is chosen on.
     ``units``: (N,) resampling unit per pair and its name (:func:`resampling_units`; default
