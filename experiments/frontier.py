@@ -21,7 +21,6 @@ thread count, so runs timed on different machines are not read as one curve) and
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
@@ -50,7 +49,6 @@ def load_run(run: Path) -> dict:
     )
     head = cfg["head"]["name"] + (f" ({margin})" if margin else "")
     least = d.get("min_images_per_identity", 1)
-    protocol = json.loads((run / "metrics.json").read_text()).get("val", {}).get("protocol", "")
     label = (
         f"{m['name']} x{m.get('width', 1.0):g} {m['input_size']}px d{m['embedding_dim']} {head} "
         f"{t['max_steps']} steps of {t['batch_size']}, lr {lr * t.get('backbone_lr_scale', 1):g}"
@@ -60,7 +58,7 @@ def load_run(run: Path) -> dict:
         + (f" (identities with >= {least} images)" if least > 1 else "")
         # the reported accuracy's threshold: a calibration list's, or else k-fold CV over the
         # list's own pairs (another number for the same model: its own recipe row)
-        + ("" if not protocol or "calibration list" in protocol else CV)
+        + ("" if not r.protocol or "calibration list" in r.protocol else CV)
     )
     return {
         "run": run.name,

@@ -55,6 +55,7 @@ class Run:
     error: str = ""
     roc: tuple[np.ndarray, np.ndarray] | None = None
     machine: dict | None = None  #: what the run's times were measured on (metrics.json)
+    protocol: str | None = None  #: how the headline accuracy was scored (its threshold)
     common: frozenset = frozenset()  #: overrides shared by every run of the report
 
     @property
@@ -113,7 +114,15 @@ def read_run(path: Path) -> Run:
         "train_images_per_s": m.get("train", {}).get("images_per_s"),
     }
     roc = read_roc_csv(path / "roc.csv")
-    return Run(path, overrides, "ok", values, roc=roc, machine=m.get("machine"))
+    return Run(
+        path,
+        overrides,
+        "ok",
+        values,
+        roc=roc,
+        machine=m.get("machine"),
+        protocol=val.get("protocol"),
+    )
 
 
 def read_roc_csv(path: Path) -> tuple[np.ndarray, np.ndarray] | None:

@@ -60,11 +60,8 @@ def test_every_config_option_passes(option):
         # group composes as without the experiment, but for the keys the experiment itself sets
         # (the demo's model.embedding_dim and input_size; no head key)
         alone = _compose("train", option, "~experiment", *NEEDS.get(option, []))
-        (default,) = [
-            d["experiment"]
-            for d in OmegaConf.load(CONF / "train.yaml").defaults
-            if "experiment" in d
-        ]
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            default = compose("train", return_hydra_config=True).hydra.runtime.choices.experiment
         own = OmegaConf.load(CONF / "experiment" / f"{default}.yaml")
         set_by_experiment = set(own.get(group) or {})
         chosen, composed = (OmegaConf.to_container(c[group]) for c in (alone, cfg))  # unresolved

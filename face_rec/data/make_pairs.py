@@ -58,9 +58,8 @@ def identity_disjoint_pairs(
             (``unique_mismatched``) too few distinct mismatched pairs.
     """
     keys = sorted(groups, key=lambda k: hashlib.sha256(k.encode("utf-8")).digest())
-    folds = [
-        keys[f::n_folds] for f in range(n_folds)
-    ]  # dealt in turn: fold f holds key i, i % n == f
+    # dealt in turn: fold f holds the keys i with i % n_folds == f
+    folds = [keys[f::n_folds] for f in range(n_folds)]
     n_matched = sum(len(groups[k]) >= 2 for k in keys)
     if len(keys) < 2 * n_folds or not all(any(len(groups[k]) >= 2 for k in ids) for ids in folds):
         raise ValueError(

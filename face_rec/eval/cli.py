@@ -230,17 +230,18 @@ def evaluate_list(
     out_dir.mkdir(parents=True, exist_ok=True)
     calibration = None
     calib_path = cfg.calibration_pairs
-    if pairs.n_folds < 2 and calib_path and Path(calib_path).is_file():
-        c_pairs = load_pairs(calib_path, cfg.image_root)
-        calibration = (c_pairs, prepare_pair_images(c_pairs, cfg))
-    elif pairs.n_folds < 2 and calib_path:
-        log.warning(
-            "calibration_pairs=%s does not exist: %s is scored by 10-fold CV over its own pairs "
-            "instead (set FACE_REC_DATA or data.root, pass calibration_pairs=<file>, or "
-            "calibration_pairs=null to ask for 10-fold CV)",
-            calib_path,
-            pairs_path,
-        )
+    if pairs.n_folds < 2 and calib_path:
+        if Path(calib_path).is_file():
+            c_pairs = load_pairs(calib_path, cfg.image_root)
+            calibration = (c_pairs, prepare_pair_images(c_pairs, cfg))
+        else:  # asked for and missing: said, not switched quietly
+            log.warning(
+                "calibration_pairs=%s does not exist: %s is scored by 10-fold CV over its own "
+                "pairs instead (set FACE_REC_DATA or data.root, pass calibration_pairs=<file>, "
+                "or calibration_pairs=null to ask for 10-fold CV)",
+                calib_path,
+                pairs_path,
+            )
     images = prepare_pair_images(pairs, cfg)
     metrics = evaluate_pairs(
         model,
