@@ -56,9 +56,11 @@ def test_default_configs_pass(name):
 def test_every_config_option_passes(option):
     cfg = _compose("train", option, *NEEDS.get(option, []))
     group = option.split("=")[0]
-    if group in ("head", "model"):  # the command line's choice wins over the experiment's: the
-        # group composes as without the experiment, but for the keys the experiment itself sets
-        # (the demo's model.embedding_dim and input_size; no head key)
+    if group != "experiment" and group != "data":  # the command line's choice wins over the
+        # experiment's: the group composes as without the experiment, but for the keys the
+        # experiment itself sets (the demo's model.embedding_dim and input_size and
+        # train_data.min_images_per_identity; no head, optimizer or scheduler key, so that
+        # optimizer=adamw keeps AdamW's lr)
         alone = _compose("train", option, "~experiment", *NEEDS.get(option, []))
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
             default = compose("train", return_hydra_config=True).hydra.runtime.choices.experiment
@@ -69,6 +71,13 @@ def test_every_config_option_passes(option):
             assert composed[key] == chosen[key], key
         assert set(composed) - set(chosen) <= set_by_experiment  # nothing else added
     check_config(cfg)
+
+
+@pytest.mark.parametrize("experiment", sorted((CONF / "experiment").glob("*.yaml")), ids=lambda p: p.stem)
+def test_no_experiment_sets_optimizer_values(experiment):
+    # an optimizer's values are its own: set by an experiment they would carry over to
+    # `optimizer=adamw` on the command line (AdamW at SGD's lr 0.1); tune in an optimizer option
+    assert "optimizer" not in OmegaConf.load(experiment), experiment.name
 
 
 @pytest.mark.parametrize("model", _options("model"))
