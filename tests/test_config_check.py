@@ -70,11 +70,11 @@ CHOICES = [
 )
 def test_a_command_line_choice_wins_over_every_experiment(experiment, option):
     """`python train.py experiment=<e> <group>=<option>` gets the option as it is alone, but
-    for the keys the experiment sets for any option of the group (the demo's
-    model.embedding_dim and input_size, train_data.min_images_per_identity; the preset's
-    scheduler.warmup_steps). The experiment adds no key the option lacks, and sets no head or
-    optimizer value: those are the option's own (else optimizer=adamw would train AdamW at SGD's
-    lr 0.1, head=cosface CosFace at ArcFace's m 0.5); a recipe tunes them in an option of its own
+    for the keys the experiment sets for any option of the group (model.embedding_dim, the
+    demo's model.input_size and train_data.min_images_per_identity, scheduler.warmup_steps).
+    The experiment adds no key the option lacks, and sets no head or optimizer value: those
+    are the option's own (else optimizer=adamw would train AdamW at SGD's lr 0.1, head=cosface
+    CosFace at ArcFace's m 0.5); a recipe tunes them in an option of its own
     (conf/head/cosface_demo.yaml)."""
     group = option.split("=")[0]
     chosen = OmegaConf.to_container(
@@ -83,10 +83,12 @@ def test_a_command_line_choice_wins_over_every_experiment(experiment, option):
     cfg = _compose("train", f"experiment={experiment}", option, *NEEDS.get(option, []))
     composed = OmegaConf.to_container(cfg[group])  # unresolved
     own = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml")
-    set_by_experiment = set() if group in ("head", "optimizer") else set(own.get(group) or {})
+    assert not {"head", "optimizer"} & set(own), experiment
+    set_by_experiment = set(own.get(group) or {})
     for key in set(chosen) - set_by_experiment:
         assert composed[key] == chosen[key], key
     assert set(composed) <= set(chosen), set(composed) - set(chosen)  # nothing added
+    check_config(cfg)
 
 
 @pytest.mark.parametrize("model", _options("model"))
