@@ -106,7 +106,8 @@ def _table_point(row: dict) -> dict:
 
 def recipes(points: list[dict]) -> list[dict]:
     """One point per recipe and machine: mean minutes, accuracy and selection accuracy over its
-    runs (seeds), the accuracies' sample std (0 for one run), the runs."""
+    runs (seeds), the accuracies' sample std (0 for one run), the runs; fastest first (a
+    recipe's number in the table and the figure is its place here, from 1)."""
     groups: dict[tuple, list[dict]] = {}
     for p in points:
         groups.setdefault((p["label"], p["machine"]), []).append(p)
@@ -125,7 +126,7 @@ def recipes(points: list[dict]) -> list[dict]:
                 "select": statistics.mean(sel) if sel else None,
             }
         )
-    return out
+    return sorted(out, key=lambda r: r["minutes"])
 
 
 def _curve(r: dict) -> tuple[str, bool]:
@@ -154,8 +155,7 @@ def table(points: list[dict], rec: list[dict], front: list[dict]) -> str:
         "| frontier |",
         "| ---: | --- | --- | ---: | ---: | ---: | ---: | :---: |",
     ]
-    for i, r in enumerate(sorted(rec, key=lambda r: r["minutes"]), 1):
-        r["index"] = i
+    for i, r in enumerate(rec, 1):
         acc = f"{r['accuracy']:.3f}" + (f" +- {r['std']:.3f}" if len(r["runs"]) > 1 else "")
         rows.append(
             f"| {i} | {r['label']} | {r['machine']} | {len(r['runs'])} | {r['minutes']:.1f} | "
@@ -185,8 +185,8 @@ def plot(rec: list[dict], front: list[dict], path: Path, target: float | None) -
             capsize=2,
             label=machine,
         )
-    for r in rec:  # the recipe is in the table, by this number
-        ax.annotate(f"{r['index']} (n={len(r['runs'])})", (r["minutes"], r["accuracy"]), fontsize=7)
+    for i, r in enumerate(rec, 1):  # the recipe is in the table, by this number
+        ax.annotate(f"{i} (n={len(r['runs'])})", (r["minutes"], r["accuracy"]), fontsize=7)
     for curve in sorted({_curve(r) for r in front}):
         mine = [r for r in front if _curve(r) == curve]
         ax.plot([r["minutes"] for r in mine], [r["accuracy"] for r in mine], "k--", lw=1)
