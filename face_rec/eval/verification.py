@@ -19,6 +19,7 @@ from face_rec.data.pack import (
     outside_fractions,
     outside_stats,
     read_manifest,
+    read_summary,
     tight_crop_warning,
 )
 from face_rec.data.pairs import Pairs
@@ -79,6 +80,15 @@ def align_pair_images(
     )
 
 
+def _holds_all(candidate: str | Path, root: Path, sources: Sequence[str]) -> bool:
+    """A complete pack made from ``root`` whose manifest lists every one of ``sources``."""
+    summary = read_summary(candidate)
+    if summary is None or Path(summary["input_dir"]).resolve() != root:
+        return False
+    listed = {r["source"] for r in read_manifest(Path(candidate) / "manifest.csv")}
+    return all(src in listed for src in sources)
+
+
 def align_images(
     sources: Sequence[str],
     root: str | Path,
@@ -112,6 +122,19 @@ def align_images(
     if pack is None:
         digest = hashlib.sha256("\n".join([str(root), *sorted(sources)]).encode()).hexdigest()
         pack = Path(cache_dir) / f"{Path(source).stem}-{digest[:12]}"
+        for candidate in reuse:
+            if _holds_all(candidate, root, sources):
+                log.warning(
+                    "the pack %s holds every image of %s but was made with other alignment "
+                    "settings, or some of its image files changed since (size or modification "
+                    "time; copying the data again counts), so its crops are not used: the images are "
+                    "aligned into %s (once; later runs read it), and their crops, and so the "
+                    "scores, can differ slightly from the pack's. Run align.py for that dataset "
+                    "again to refresh the pack",
+                    candidate,
+                    source,
+                    pack,
+                )
         run_alignment(
             root,
             pack,

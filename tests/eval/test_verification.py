@@ -211,7 +211,7 @@ def test_unscored_pairs_count_as_errors_in_the_protocol_accuracy():
     assert "count as errors" in out["unscored_note"]
 
 
-def test_pair_images_are_read_from_a_current_dataset_pack(tmp_path):
+def test_pair_images_are_read_from_a_current_dataset_pack(tmp_path, caplog):
     import os
 
     from face_rec.align.run import AlignSettings, run_alignment
@@ -244,14 +244,18 @@ def test_pair_images_are_read_from_a_current_dataset_pack(tmp_path):
         assert got.fallback[k] == (rows[src]["status"] == "fallback")
     assert got.fallback.any() and not got.fallback.all()  # both kinds of row were read
     assert not (tmp_path / "cache").exists()
+    assert "not used" not in caplog.text
 
     with pytest.raises(KeyboardInterrupt):  # other settings: the pack is not this alignment
         align_pair_images(
             pairs, tmp_path / "cache", never, AlignSettings(size=96), workers=0, reuse=reuse
         )
+    assert f"the pack {dataset} holds every image of p.csv" in caplog.text
+    caplog.clear()
     os.utime(root / "id02" / "img1.png", ns=(10**9, 10**9))  # a source changed since
     with pytest.raises(KeyboardInterrupt):
         align_pair_images(pairs, tmp_path / "cache", never, workers=0, reuse=reuse)
+    assert "so its crops are not used" in caplog.text  # said, not silently re-aligned
     run = align_pair_images(pairs, tmp_path / "cache", FakeDetector, workers=0, reuse=reuse)
     np.testing.assert_array_equal(run.crops, got.crops)  # aligned afresh: the same crops
 
