@@ -181,6 +181,7 @@ class TrainDataConfig:
     include_fallbacks: bool
     class_weight_power: float | None
     holdout_fraction: float
+    exclude_images_of: Path | None
     aligned_folder: Path | None
     rec: Path | None
     idx: Path | None

@@ -80,6 +80,12 @@ def training_data(cfg: DictConfig) -> TrainSet | AlignedFolder | RecordDataset:
     """The packs of ``train_data.sources`` (aligned first if missing, by rank 0 only), a folder
     of crops, or an insightface RecordIO file."""
     folder = cfg.train_data.get("aligned_folder")
+    exclude_of = cfg.train_data.get("exclude_images_of")
+    if exclude_of and (folder or cfg.train_data.get("rec")):
+        raise ValueError(
+            f"train_data.exclude_images_of={exclude_of}: only packs (train_data.sources) can "
+            "leave images out; set it to null for an aligned folder or a RecordIO file"
+        )
     if folder:
         return AlignedFolder(folder, cfg.align.settings.size)
     if cfg.train_data.get("rec"):
@@ -89,12 +95,23 @@ def training_data(cfg: DictConfig) -> TrainSet | AlignedFolder | RecordDataset:
             ensure_pack(source, cfg.align)
     D.barrier()
     sources = [Source(s.pack_dir, s.get("identities")) for s in cfg.train_data.sources.values()]
-    return TrainSet(
+    exclude = frozenset(load_pairs(exclude_of).images) if exclude_of else frozenset()
+    data = TrainSet(
         sources,
         cfg.train_data.min_images_per_identity,
         cfg.train_data.include_fallbacks,
         cfg.train_data.get("holdout_fraction") or 0.0,
+        exclude,
     )
+    if exclude_of:
+        if not data.n_excluded:
+            raise ValueError(
+                f"train_data.exclude_images_of={exclude_of}: none of its {len(exclude)} images "
+                "is a training image (paths relative to the pack's image root, as a pack's "
+                "manifest.csv 'source' column has them); check the list, or set it to null"
+            )
+        log.info("kept %d training images of %s out of training", data.n_excluded, exclude_of)
+    return data
 
 
 def param_groups(

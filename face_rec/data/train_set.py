@@ -51,6 +51,10 @@ class TrainSet(Dataset):
     of status ``fallback`` (no face found: a centred guess) are left out unless
     ``include_fallbacks``. A ``holdout`` fraction of the identities (:func:`held_out`) is kept
     out of training for model selection: ``held_rows`` lists their (source, row) pairs.
+    ``exclude_images``: image paths (as a pack's ``source`` column has them, relative to its
+    image root) kept out of training, e.g. a calibration list's (``train_data.exclude_images_of``);
+    ``min_images`` counts what is left, held-out rows are untouched, ``n_excluded`` counts the
+    training rows removed.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class TrainSet(Dataset):
         min_images: int = 1,
         include_fallbacks: bool = False,
         holdout: float = 0.0,
+        exclude_images: frozenset[str] = frozenset(),
     ) -> None:
         self.parts: list[PackedFaces] = []
         keys = []
@@ -73,7 +78,12 @@ class TrainSet(Dataset):
             np.array([f"{s}\0{n}" for s, n in keys]), return_inverse=True, return_counts=True
         )
         out = np.array([held_out(n, holdout) for _, n in keys], dtype=bool)
-        keep = (counts[inverse] >= min_images) & ~out
+        sources_ = (r["source"] for p in self.parts for r in p.rows)
+        excluded = np.array([src in exclude_images for src in sources_], dtype=bool) & ~out
+        self.n_excluded = int(excluded.sum())
+        if self.n_excluded:  # identities must keep min_images after the exclusion
+            counts = np.bincount(inverse[~excluded], minlength=len(uniq))
+        keep = (counts[inverse] >= min_images) & ~out & ~excluded
         kept_ids = np.unique(inverse[keep])
         remap = np.full(len(uniq), -1)
         remap[kept_ids] = np.arange(len(kept_ids))

@@ -90,3 +90,53 @@ def test_training_selects_on_the_held_out_identities(pack, tmp_path):
     assert m["train"]["identities"] == len(ts.names)
     trained = checkpoint_training_identities(tmp_path / "run" / "checkpoints" / "last.pt")
     assert trained == set(ts.names) and not trained & held  # the leakage check knows too
+
+
+def test_excluded_images_leave_training_but_not_the_held_out_list(pack):
+    base = TrainSet([Source(str(pack))], min_images=2, holdout=0.4)
+    src = [base.parts[0].rows[r]["source"] for r in base.row_of]  # training rows' images
+    names = [base.names[label] for label in base.labels]
+    a, b = sorted(set(names))[:2]
+    of_a = [s for s, n in zip(src, names, strict=True) if n == a]
+    of_b = [s for s, n in zip(src, names, strict=True) if n == b]
+    held = base.parts[0].rows[base.held_rows[0][1]]["source"]
+    # a keeps one image (below min_images: leaves), b keeps two (stays), a held-out image stays
+    exclude = frozenset(of_a[:-1] + of_b[:-2] + [held, "not/in_the_pack.png"])
+    ts = TrainSet([Source(str(pack))], min_images=2, holdout=0.4, exclude_images=exclude)
+    kept = {ts.parts[0].rows[r]["source"] for r in ts.row_of}
+    assert ts.n_excluded == len(of_a) - 1 + len(of_b) - 2
+    assert a not in ts.names and b in ts.names
+    assert kept == set(src) - set(of_a) - set(of_b[:-2])
+    assert ts.held_rows == base.held_rows  # the selection list is the same
+    assert ts.num_classes == base.num_classes - 1
+    assert set(ts.labels.tolist()) == set(range(ts.num_classes))  # contiguous labels
+
+
+def test_train_data_exclude_images_of_reads_a_pair_list(pack, tmp_path):
+    from face_rec.data.pairs import write_csv_pairs
+    from face_rec.train import training_data
+
+    from ..engine.test_trainer import _cfg
+
+    rows = [("id01/img0.png", "id01/img1.png", True, -1), ("id01/img0.png", "id02/img3.png", False, -1)]
+    write_csv_pairs(tmp_path / "calib.csv", rows)
+    data = training_data(_cfg(pack, tmp_path, f"train_data.exclude_images_of={tmp_path}/calib.csv"))
+    whole = training_data(_cfg(pack, tmp_path))
+    # the demo's min_images_per_identity=2: id01 keeps one face (its img2 has none) and drops
+    assert data.n_excluded == 3 and len(data) == len(whole) - 4
+    assert "id01" in whole.names and "id01" not in data.names and "id02" in data.names
+    kept = {data.parts[0].rows[r]["source"] for r in data.row_of}
+    assert not kept & {"id01/img0.png", "id01/img1.png", "id02/img3.png"}
+
+    write_csv_pairs(tmp_path / "other.csv", [("x/a.png", "y/b.png", False, -1)])
+    with pytest.raises(ValueError, match="none of its 2 images is a training image"):
+        training_data(_cfg(pack, tmp_path, f"train_data.exclude_images_of={tmp_path}/other.csv"))
+    with pytest.raises(ValueError, match="only packs"):
+        training_data(
+            _cfg(
+                pack,
+                tmp_path,
+                f"train_data.exclude_images_of={tmp_path}/calib.csv",
+                f"+train_data.aligned_folder={tmp_path}",
+            )
+        )
