@@ -127,10 +127,10 @@ def align_images(
                 log.warning(
                     "the pack %s holds every image of %s but was made with other alignment "
                     "settings, or some of its image files changed since (size or modification "
-                    "time; copying the data again counts), so its crops are not used: the images are "
-                    "aligned into %s (once; later runs read it), and their crops, and so the "
-                    "scores, can differ slightly from the pack's. Run align.py for that dataset "
-                    "again to refresh the pack",
+                    "time; copying the data again counts), so its crops are not used: the "
+                    "images are aligned into %s (once; later runs read it), and their crops, "
+                    "and so the scores, can differ slightly from the pack's. Run align.py for "
+                    "that dataset again to refresh the pack",
                     candidate,
                     source,
                     pack,

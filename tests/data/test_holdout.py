@@ -118,7 +118,10 @@ def test_train_data_exclude_images_of_reads_a_pair_list(pack, tmp_path):
 
     from ..engine.test_trainer import _cfg
 
-    rows = [("id01/img0.png", "id01/img1.png", True, -1), ("id01/img0.png", "id02/img3.png", False, -1)]
+    rows = [
+        ("id01/img0.png", "id01/img1.png", True, -1),
+        ("id01/img0.png", "id02/img3.png", False, -1),
+    ]
     write_csv_pairs(tmp_path / "calib.csv", rows)
     data = training_data(_cfg(pack, tmp_path, f"train_data.exclude_images_of={tmp_path}/calib.csv"))
     whole = training_data(_cfg(pack, tmp_path))
