@@ -7,12 +7,14 @@
 Each run directory's ``metrics.json`` (read by :func:`face_rec.report.read_run`) gives the
 reported list's accuracy, the selection list's, the training wall time and the machine it ran on;
 ``config.yaml`` names the recipe (backbone, width, input size, head with its loss settings,
-steps, batch size, learning rates, training sources and their filter; "[k-fold CV]" where the
-reported accuracy's threshold is not a calibration list's). ``--previous`` adds the
-runs of an earlier output's run table (runs whose directories are gone). Runs of one recipe on one
-machine (CPU capability, threads), i.e. its seeds, make one point: the mean, with the seeds'
-sample standard deviation as an error bar. A recipe is on the frontier when no recipe on the same
-machine, scored the same way, was both faster and more accurate on average. Writes ``<out>.png``
+steps, batch size, learning rates, training sources with their identity lists (but LFW's
+DevTrain list) and their filter, a pair list whose images were kept out; "[k-fold CV]" where the
+reported accuracy's threshold is not a calibration list's). ``--previous`` adds the runs of an
+earlier output's run table (runs whose directories are gone). Runs of one recipe on one machine
+(CPU capability, threads and, where recorded, CPU model), i.e. its seeds, make one point: the
+mean, with the seeds' sample standard deviation as an error bar. A recipe is on the frontier
+when no recipe on the same machine, scored the same way, was both faster and more accurate on
+average. Writes ``<out>.png``
 (accuracy against minutes, each machine's frontier joined, one marker per CPU capability and
 thread count, so runs timed on different machines are not read as one curve) and ``<out>.md``
 (the recipes, fastest first, then every run).
@@ -29,6 +31,7 @@ import yaml
 from face_rec.report import read_run
 
 CV = " [k-fold CV]"  # label suffix: the reported accuracy's threshold by k-fold CV
+DEFAULT_PEOPLE = "peopleDevTrain.txt"  # lfw_devtrain's identity list: not named in a label
 RUN_COLUMNS = ["run", "recipe", "machine", "train min", "DevTest accuracy", "selection"]
 
 
@@ -49,13 +52,15 @@ def load_run(run: Path) -> dict:
     )
     head = cfg["head"]["name"] + (f" ({margin})" if margin else "")
     least = d.get("min_images_per_identity", 1)
+    excluded = d.get("exclude_images_of")
     label = (
         f"{m['name']} x{m.get('width', 1.0):g} {m['input_size']}px d{m['embedding_dim']} {head} "
         f"{t['max_steps']} steps of {t['batch_size']}, lr {lr * t.get('backbone_lr_scale', 1):g}"
         f"/{lr * t.get('head_lr_scale', 1):g}"  # backbone / class centres
         + (", crop aug" if a.get("tight_crop") or a.get("low_res") else "")
-        + f", {'+'.join(d['sources'])}"
+        + f", {'+'.join(_source(n, s) for n, s in d['sources'].items())}"
         + (f" (identities with >= {least} images)" if least > 1 else "")
+        + (f", without {Path(d['exclude_images_of']).name}'s images" if excluded else "")
         # the reported accuracy's threshold: a calibration list's, or else k-fold CV over the
         # list's own pairs (another number for the same model: its own recipe row)
         + ("" if not r.protocol or "calibration list" in r.protocol else CV)
@@ -66,8 +71,25 @@ def load_run(run: Path) -> dict:
         "minutes": r.values["train_wall_time_s"] / 60,
         "accuracy": r.values["accuracy"],
         "select": r.values["select_accuracy"],
-        "machine": f"{r.machine['cpu_capability']}, {r.machine['threads']} thread(s)",
+        "machine": f"{r.machine['cpu_capability']}, {r.machine['threads']} thread(s)"
+        + (f", {_cpu(r.machine['cpu_model'])}" if r.machine.get("cpu_model") else ""),
     }
+
+
+def _source(name: str, source: dict | None) -> str:
+    """A training source's name, with its identity list's file name unless it is LFW's
+    DevTrain list (every lfw recipe's default)."""
+    people = (source or {}).get("identities")
+    return (
+        name
+        if not people or Path(people).name == DEFAULT_PEOPLE
+        else f"{name} ({Path(people).name})"
+    )
+
+
+def _cpu(model: str) -> str:
+    """'Intel(R) Xeon(R) Processor' -> 'Intel Xeon Processor'."""
+    return " ".join(model.replace("(R)", "").replace("(TM)", "").split())
 
 
 def read_run_table(path: Path) -> list[dict]:

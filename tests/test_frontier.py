@@ -23,14 +23,17 @@ def test_a_run_is_on_the_frontier_only_when_nothing_faster_is_as_accurate():
     assert [p["run"] for p in frontier.frontier(pts)] == ["a", "c"]
 
 
-def _run(root, name, minutes, acc, threads, head, least=1, dim=128, protocol=None):
+def _run(
+    root, name, minutes, acc, threads, head, least=1, dim=128, protocol=None, data=None, cpu=None
+):
     run = root / name
     run.mkdir()
     cfg = {
         "model": {"name": "iresnet18", "width": 0.125, "input_size": 48, "embedding_dim": dim},
         "head": head,
         "trainer": {"max_steps": 100, "batch_size": 64, "head_lr_scale": 10.0},
-        "train_data": {"sources": {"lfw": {}, "celeba299": {}}, "min_images_per_identity": least},
+        "train_data": data
+        or {"sources": {"lfw": {}, "celeba299": {}}, "min_images_per_identity": least},
         "optimizer": {"lr": 0.1},
         "augment": {"tight_crop": 0.0, "low_res": 0.0},
     }
@@ -44,7 +47,7 @@ def _run(root, name, minutes, acc, threads, head, least=1, dim=128, protocol=Non
         "val/accuracy": acc,
         "select/accuracy": acc,
         "train": {"wall_time_s": minutes * 60},
-        "machine": {"cpu_capability": "AVX512", "threads": threads},
+        "machine": {"cpu_capability": "AVX512", "threads": threads, "cpu_model": cpu},
     }
     (run / "metrics.json").write_text(json.dumps(metrics))
     return str(run)
@@ -110,3 +113,27 @@ def test_a_file_without_a_run_table_is_an_error(tmp_path):
     )
     with pytest.raises(ValueError, match=r"notes.md:3: not a run row"):  # names file and line
         frontier.read_run_table(f)
+
+
+def test_identity_lists_excluded_images_and_cpu_models_keep_recipes_apart(tmp_path):
+    lfw = {"identities": "/data/lfw/peopleDevTrain.txt"}
+    runs = {
+        name: frontier.load_run(Path(_run(tmp_path, name, 5, 0.87, 1, COSFACE, data=d, cpu=cpu)))
+        for name, d, cpu in [
+            ("demo", {"sources": {"lfw": lfw}}, None),
+            ("intel", {"sources": {"lfw": lfw}}, "Intel(R) Xeon(R) Processor"),
+            ("people", {"sources": {"lfw": {"identities": "/tmp/unpaired.txt"}}}, None),
+            (
+                "images",
+                {"sources": {"lfw": lfw}, "exclude_images_of": "/d/pairsDevTrain.txt"},
+                None,
+            ),
+        ]
+    }
+    assert runs["demo"]["label"].endswith(", lfw")  # the default list is not named
+    assert runs["intel"]["label"] == runs["demo"]["label"]
+    assert runs["intel"]["machine"] == "AVX512, 1 thread(s), Intel Xeon Processor"
+    assert runs["demo"]["machine"] == "AVX512, 1 thread(s)"  # no model recorded
+    assert runs["people"]["label"].endswith(", lfw (unpaired.txt)")
+    assert runs["images"]["label"].endswith(", lfw, without pairsDevTrain.txt's images")
+    assert len(frontier.recipes(list(runs.values()))) == 4  # none merges with another
