@@ -95,7 +95,7 @@ def training_data(cfg: DictConfig) -> TrainSet | AlignedFolder | RecordDataset:
             ensure_pack(source, cfg.align)
     D.barrier()
     sources = [Source(s.pack_dir, s.get("identities")) for s in cfg.train_data.sources.values()]
-    exclude = frozenset(load_pairs(exclude_of).images) if exclude_of else frozenset()
+    exclude = frozenset(_image_paths(exclude_of)) if exclude_of else frozenset()
     data = TrainSet(
         sources,
         cfg.train_data.min_images_per_identity,
@@ -107,11 +107,28 @@ def training_data(cfg: DictConfig) -> TrainSet | AlignedFolder | RecordDataset:
         if not data.n_excluded:
             raise ValueError(
                 f"train_data.exclude_images_of={exclude_of}: none of its {len(exclude)} images "
-                "is a training image (paths relative to the pack's image root, as a pack's "
-                "manifest.csv 'source' column has them); check the list, or set it to null"
+                "would be trained on (paths are matched relative to each pack's image root, as "
+                "its manifest.csv 'source' column has them); check the list, or set it to null"
             )
-        log.info("kept %d training images of %s out of training", data.n_excluded, exclude_of)
+        log.info(
+            "left %d images of %s out of training (%d identities, %d images left)",
+            data.n_excluded,
+            exclude_of,
+            data.num_classes,
+            len(data),
+        )
     return data
+
+
+def _image_paths(pair_list: str) -> list[str]:
+    """The image paths of a pair list, for ``train_data.exclude_images_of``."""
+    if str(pair_list).lower().endswith(".bin"):
+        raise ValueError(
+            f"train_data.exclude_images_of={pair_list}: a .bin list holds aligned crops, not "
+            "image paths, so its images cannot be matched to training images; give the list "
+            "it was made from (LFW pairs text or CSV)"
+        )
+    return load_pairs(pair_list).images
 
 
 def param_groups(

@@ -53,8 +53,8 @@ class TrainSet(Dataset):
     out of training for model selection: ``held_rows`` lists their (source, row) pairs.
     ``exclude_images``: image paths (as a pack's ``source`` column has them, relative to its
     image root) kept out of training, e.g. a calibration list's (``train_data.exclude_images_of``);
-    ``min_images`` counts what is left, held-out rows are untouched, ``n_excluded`` counts the
-    training rows removed.
+    paths are matched in every source; ``min_images`` counts what is left, held-out rows are
+    untouched, ``n_excluded`` counts the rows that would have been trained and are not.
     """
 
     def __init__(
@@ -79,11 +79,11 @@ class TrainSet(Dataset):
         )
         out = np.array([held_out(n, holdout) for _, n in keys], dtype=bool)
         sources_ = (r["source"] for p in self.parts for r in p.rows)
-        excluded = np.array([src in exclude_images for src in sources_], dtype=bool) & ~out
-        self.n_excluded = int(excluded.sum())
-        if self.n_excluded:  # identities must keep min_images after the exclusion
-            counts = np.bincount(inverse[~excluded], minlength=len(uniq))
-        keep = (counts[inverse] >= min_images) & ~out & ~excluded
+        listed = np.array([src in exclude_images for src in sources_], dtype=bool)
+        self.n_excluded = int((listed & (counts[inverse] >= min_images) & ~out).sum())
+        if listed.any():  # identities must keep min_images after the exclusion
+            counts = np.bincount(inverse[~listed], minlength=len(uniq))
+        keep = (counts[inverse] >= min_images) & ~out & ~listed
         kept_ids = np.unique(inverse[keep])
         remap = np.full(len(uniq), -1)
         remap[kept_ids] = np.arange(len(kept_ids))
@@ -97,7 +97,10 @@ class TrainSet(Dataset):
         part = np.searchsorted(offsets, held, side="right") - 1
         self.held_rows = list(zip(part.tolist(), (held - offsets[part]).tolist(), strict=True))
         if len(self.labels) == 0:
-            raise ValueError(f"no training images with >= {min_images} per identity in {sources}")
+            left_out = f" after leaving out {self.n_excluded} listed images" if listed.any() else ""
+            raise ValueError(
+                f"no training images with >= {min_images} per identity in {sources}{left_out}"
+            )
 
     @property
     def num_classes(self) -> int:

@@ -81,7 +81,9 @@ def training_identities(path: str | Path) -> set[str]:
 
 def checkpoint_training_identities(path: str | Path) -> set[str] | None:
     """The identities a checkpoint was trained on, from the training data its config records
-    (identity lists, packs or an aligned folder); None when it records none."""
+    (identity lists, packs or an aligned folder); None when it records none. An over-estimate:
+    identities dropped by ``min_images_per_identity`` or ``exclude_images_of`` still count, so
+    the check can over-report a leak, never hide one."""
     from face_rec.data.train_set import held_out, read_people
     from face_rec.utils.checkpoint import load_checkpoint
 

@@ -122,19 +122,20 @@ def align_images(
     if pack is None:
         digest = hashlib.sha256("\n".join([str(root), *sorted(sources)]).encode()).hexdigest()
         pack = Path(cache_dir) / f"{Path(source).stem}-{digest[:12]}"
-        for candidate in reuse:
-            if _holds_all(candidate, root, sources):
-                log.warning(
-                    "the pack %s holds every image of %s but was made with other alignment "
-                    "settings, or some of its image files changed since (size or modification "
-                    "time; copying the data again counts), so its crops are not used: the "
-                    "images are aligned into %s (once; later runs read it), and their crops, "
-                    "and so the scores, can differ slightly from the pack's. Run align.py for "
-                    "that dataset again to refresh the pack",
-                    candidate,
-                    source,
-                    pack,
-                )
+        stale = [c for c in reuse if _holds_all(c, root, sources)]
+        if stale:
+            cached = current_pack(root, pack, settings, detector_settings, chunk_size) is not None
+            log.warning(
+                "the pack %s holds every image of %s but is not used: it was made with other "
+                "alignment settings, or some of its image files changed since (size or "
+                "modification time; copying the data again counts). The images are %s %s, "
+                "and their crops, and so the scores, can differ slightly from the pack's. If "
+                "the files changed, run align.py for that dataset again to refresh the pack",
+                stale[0],
+                source,
+                "read from the cache an earlier run aligned," if cached else "aligned afresh into",
+                pack,
+            )
         run_alignment(
             root,
             pack,

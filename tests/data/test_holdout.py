@@ -108,6 +108,8 @@ def test_excluded_images_leave_training_but_not_the_held_out_list(pack):
     assert a not in ts.names and b in ts.names
     assert kept == set(src) - set(of_a) - set(of_b[:-2])
     assert ts.held_rows == base.held_rows  # the selection list is the same
+    held_only = TrainSet([Source(str(pack))], 2, holdout=0.4, exclude_images=frozenset([held]))
+    assert held_only.n_excluded == 0 and len(held_only) == len(base)  # never trained: not counted
     assert ts.num_classes == base.num_classes - 1
     assert set(ts.labels.tolist()) == set(range(ts.num_classes))  # contiguous labels
 
@@ -131,9 +133,13 @@ def test_train_data_exclude_images_of_reads_a_pair_list(pack, tmp_path):
     kept = {data.parts[0].rows[r]["source"] for r in data.row_of}
     assert not kept & {"id01/img0.png", "id01/img1.png", "id02/img3.png"}
 
-    write_csv_pairs(tmp_path / "other.csv", [("x/a.png", "y/b.png", False, -1)])
-    with pytest.raises(ValueError, match="none of its 2 images is a training image"):
+    # id00/img0.png has no face (a fallback crop, not trained); x/a.png is in no pack
+    write_csv_pairs(tmp_path / "other.csv", [("x/a.png", "id00/img0.png", False, -1)])
+    with pytest.raises(ValueError, match="none of its 2 images would be trained on"):
         training_data(_cfg(pack, tmp_path, f"train_data.exclude_images_of={tmp_path}/other.csv"))
+    (tmp_path / "calib.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match="a .bin list holds aligned crops"):
+        training_data(_cfg(pack, tmp_path, f"train_data.exclude_images_of={tmp_path}/calib.bin"))
     with pytest.raises(ValueError, match="only packs"):
         training_data(
             _cfg(

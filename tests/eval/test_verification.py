@@ -244,7 +244,7 @@ def test_pair_images_are_read_from_a_current_dataset_pack(tmp_path, caplog):
         assert got.fallback[k] == (rows[src]["status"] == "fallback")
     assert got.fallback.any() and not got.fallback.all()  # both kinds of row were read
     assert not (tmp_path / "cache").exists()
-    assert "not used" not in caplog.text
+    assert "not used" not in caplog.text  # a current pack: no warning
 
     with pytest.raises(KeyboardInterrupt):  # other settings: the pack is not this alignment
         align_pair_images(
@@ -255,9 +255,13 @@ def test_pair_images_are_read_from_a_current_dataset_pack(tmp_path, caplog):
     os.utime(root / "id02" / "img1.png", ns=(10**9, 10**9))  # a source changed since
     with pytest.raises(KeyboardInterrupt):
         align_pair_images(pairs, tmp_path / "cache", never, workers=0, reuse=reuse)
-    assert "so its crops are not used" in caplog.text  # said, not silently re-aligned
+    assert "but is not used" in caplog.text and "aligned afresh into" in caplog.text
     run = align_pair_images(pairs, tmp_path / "cache", FakeDetector, workers=0, reuse=reuse)
     np.testing.assert_array_equal(run.crops, got.crops)  # aligned afresh: the same crops
+    caplog.clear()
+    again = align_pair_images(pairs, tmp_path / "cache", never, workers=0, reuse=reuse)
+    np.testing.assert_array_equal(again.crops, got.crops)
+    assert "read from the cache an earlier run aligned" in caplog.text  # not "aligned afresh"
 
 
 def test_error_analysis_applies_each_pairs_own_cv_threshold():
