@@ -15,8 +15,8 @@ earlier output's run table (runs whose directories are gone). Runs of one recipe
 mean, with the seeds' sample standard deviation as an error bar. A recipe is on the frontier
 when no recipe on the same machine, scored the same way, was both faster and more accurate on
 average. Writes ``<out>.png``
-(accuracy against minutes, each machine's frontier joined, one marker per CPU capability and
-thread count, so runs timed on different machines are not read as one curve) and ``<out>.md``
+(accuracy against minutes, each machine's frontier joined, one marker per machine, so runs
+timed on different machines are not read as one curve) and ``<out>.md``
 (the recipes, fastest first, then every run).
 """
 
