@@ -54,7 +54,8 @@ class TrainSet(Dataset):
     ``exclude_images``: image paths (as a pack's ``source`` column has them, relative to its
     image root) kept out of training, e.g. a calibration list's (``train_data.exclude_images_of``);
     paths are matched in every source; ``min_images`` counts what is left, held-out rows are
-    untouched, ``n_excluded`` counts the rows that would have been trained and are not.
+    untouched, ``n_excluded`` counts the listed rows that would otherwise have been trained (an
+    identity that drops below ``min_images`` loses its other rows too; those are not counted).
     """
 
     def __init__(

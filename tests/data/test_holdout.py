@@ -110,6 +110,9 @@ def test_excluded_images_leave_training_but_not_the_held_out_list(pack):
     assert ts.held_rows == base.held_rows  # the selection list is the same
     held_only = TrainSet([Source(str(pack))], 2, holdout=0.4, exclude_images=frozenset([held]))
     assert held_only.n_excluded == 0 and len(held_only) == len(base)  # never trained: not counted
+    # id00 has two faces (img1, img2): below min_images=3, never trained, so not counted
+    below = TrainSet([Source(str(pack))], 3, exclude_images=frozenset(["id00/img1.png"]))
+    assert below.n_excluded == 0
     assert ts.num_classes == base.num_classes - 1
     assert set(ts.labels.tolist()) == set(range(ts.num_classes))  # contiguous labels
 

@@ -370,10 +370,11 @@ def test_compiled_training_matches_eager_and_saves_the_same_checkpoint(pack, tmp
     comp, comp_losses = _run(_cfg(pack, tmp_path, *over, "trainer.compile=true"), tmp_path / "c")
     assert comp.compiled and not eager.compiled
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo did compile the step's forward
-    # step 1 sees the same weights: its loss differs by float reassociation only; the later
-    # steps' by that too, grown through two updates (0.12% at step 3 on an AVX-512 Intel Xeon,
-    # AMX / BF16-capable, where inductor emits other kernels than on an AMD EPYC)
+    # step 1 sees the same weights (float reassociation only), step 2 the compiled backward's
+    # first update; step 3 agreed to 0.12% on an AVX-512 Intel Xeon (AMX / BF16), against 3e-7
+    # at step 2: the jump is in the second update, so the last step gets a looser bound
     np.testing.assert_allclose(comp_losses[0], eager_losses[0], rtol=1e-4)
+    np.testing.assert_allclose(comp_losses[1], eager_losses[1], rtol=1e-3)
     np.testing.assert_allclose(comp_losses, eager_losses, rtol=1e-2)
     a = load_checkpoint(tmp_path / "eager" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pt")["model"]
