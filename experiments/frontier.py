@@ -60,7 +60,7 @@ def load_run(run: Path) -> dict:
         + (", crop aug" if a.get("tight_crop") or a.get("low_res") else "")
         + f", {'+'.join(_source(n, s) for n, s in d['sources'].items())}"
         + (f" (identities with >= {least} images)" if least > 1 else "")
-        + (f", without {Path(d['exclude_images_of']).name}'s images" if excluded else "")
+        + (f", without {Path(excluded).name}'s images" if excluded else "")
         # the reported accuracy's threshold: a calibration list's, or else k-fold CV over the
         # list's own pairs (another number for the same model: its own recipe row)
         + ("" if not r.protocol or "calibration list" in r.protocol else CV)

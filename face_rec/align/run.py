@@ -584,15 +584,28 @@ def current_pack(
     """The manifest rows of the complete pack in ``output_dir`` when :func:`run_alignment` with
     these arguments would leave it as it is: made from ``input_dir`` with the same settings, and
     none of its files changed since (sizes and modification times); else None."""
+    rows, current = pack_rows(input_dir, output_dir, settings, detector_settings, chunk_size)
+    return rows if current else None
+
+
+def pack_rows(
+    input_dir: str | Path,
+    output_dir: str | Path,
+    settings: AlignSettings | None = None,
+    detector_settings: dict | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> tuple[list[dict] | None, bool]:
+    """The manifest rows of the complete pack in ``output_dir`` made from ``input_dir`` (None
+    when there is none), and whether it is current as :func:`current_pack` says."""
     summary = read_summary(output_dir)
     if summary is None or Path(summary["input_dir"]).resolve() != Path(input_dir).resolve():
-        return None
+        return None, False
     rows = read_manifest(Path(output_dir) / "manifest.csv")
     files = [InputFile(r["source"], r["identity"]) for r in rows]
     key = _resume_key(
         Path(input_dir), files, settings or AlignSettings(), detector_settings or {}, chunk_size
     )
-    return rows if summary["key"] == key else None
+    return rows, summary["key"] == key
 
 
 def _execute(

@@ -79,9 +79,10 @@ class TrainSet(Dataset):
             np.array([f"{s}\0{n}" for s, n in keys]), return_inverse=True, return_counts=True
         )
         out = np.array([held_out(n, holdout) for _, n in keys], dtype=bool)
-        sources_ = (r["source"] for p in self.parts for r in p.rows)
-        listed = np.array([src in exclude_images for src in sources_], dtype=bool)
-        self.n_excluded = int((listed & (counts[inverse] >= min_images) & ~out).sum())
+        paths = (r["source"] for p in self.parts for r in p.rows)
+        listed = np.array([path in exclude_images for path in paths], dtype=bool)
+        trained = (counts[inverse] >= min_images) & ~out  # without the exclusion
+        self.n_excluded = int((listed & trained).sum())
         if listed.any():  # identities must keep min_images after the exclusion
             counts = np.bincount(inverse[~listed], minlength=len(uniq))
         keep = (counts[inverse] >= min_images) & ~out & ~listed

@@ -13,13 +13,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from face_rec.align.run import CHUNK_SIZE, AlignSettings, current_pack, run_alignment
+from face_rec.align.run import CHUNK_SIZE, AlignSettings, current_pack, pack_rows, run_alignment
 from face_rec.data.pack import (
     open_images,
     outside_fractions,
     outside_stats,
     read_manifest,
-    read_summary,
     tight_crop_warning,
 )
 from face_rec.data.pairs import Pairs
@@ -80,15 +79,6 @@ def align_pair_images(
     )
 
 
-def _holds_all(candidate: str | Path, root: Path, sources: Sequence[str]) -> bool:
-    """A complete pack made from ``root`` whose manifest lists every one of ``sources``."""
-    summary = read_summary(candidate)
-    if summary is None or Path(summary["input_dir"]).resolve() != root:
-        return False
-    listed = {r["source"] for r in read_manifest(Path(candidate) / "manifest.csv")}
-    return all(src in listed for src in sources)
-
-
 def align_images(
     sources: Sequence[str],
     root: str | Path,
@@ -111,18 +101,19 @@ def align_images(
             "the image paths are relative to> (or set FACE_REC_DATA)"
         )
     chunk_size = options.get("chunk_size", CHUNK_SIZE)
-    pack, rows = None, {}
+    pack, rows, stale = None, {}, None
     for candidate in reuse:
-        manifest = current_pack(root, candidate, settings, detector_settings, chunk_size) or []
-        rows = {r["source"]: r for r in manifest}
+        manifest, current = pack_rows(root, candidate, settings, detector_settings, chunk_size)
+        rows = {r["source"]: r for r in manifest or []}
         if manifest and all(src in rows for src in sources):
-            pack = Path(candidate)
-            log.info("images of %s read from the pack %s", source, pack)
-            break
+            if current:
+                pack = Path(candidate)
+                log.info("images of %s read from the pack %s", source, pack)
+                break
+            stale = stale or candidate  # holds them all, but is not this alignment's
     if pack is None:
         digest = hashlib.sha256("\n".join([str(root), *sorted(sources)]).encode()).hexdigest()
         pack = Path(cache_dir) / f"{Path(source).stem}-{digest[:12]}"
-        stale = [c for c in reuse if _holds_all(c, root, sources)]
         if stale:
             cached = current_pack(root, pack, settings, detector_settings, chunk_size) is not None
             log.warning(
@@ -131,7 +122,7 @@ def align_images(
                 "modification time; copying the data again counts). The images are %s %s, "
                 "and their crops, and so the scores, can differ slightly from the pack's. If "
                 "the files changed, run align.py for that dataset again to refresh the pack",
-                stale[0],
+                stale,
                 source,
                 "read from the cache an earlier run aligned," if cached else "aligned afresh into",
                 pack,
