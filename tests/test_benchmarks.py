@@ -194,12 +194,22 @@ def test_gpu_check_without_cuda_says_what_to_do(monkeypatch):
 def test_train_speed_quick_records_eager_and_compiled(tmp_path):
     out = tmp_path / "train_speed.json"
     done = _script(
-        "train_speed", "--quick", "--compile", "--compile-backend", "eager", "--out", str(out)
+        "train_speed",
+        "--quick",
+        "--crop-size",
+        "40",
+        "--compile",
+        "--compile-backend",
+        "eager",
+        "--out",
+        str(out),
     )
     record = json.loads(out.read_text())
     _header_ok(record)
     (row,) = record["rows"]
     assert row["model"] == "mobilefacenet" and row["batch"] == 4
+    assert (row["crop_size"], row["input_size"]) == (40, 32)  # 40 px crops trained at 32
+    assert row["augment_ms"] > 0 and 0 < row["augment_fraction"] < 1
     for key in ("reference_img_s", "face_rec_img_s", "compiled_img_s", "matmul_gflops"):
         assert row[key] > 0, key
     assert row["compile_s"] is not None and row["compile_backend"] == "eager"
