@@ -1,11 +1,12 @@
-"""Augmentation: colour jitter as one affine map against the steps one by one."""
+"""Augmentation: colour jitter as one affine map against the steps one by one; augmenting at the
+training size."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from face_rec.data.augment import Augment
+from face_rec.data.augment import Augment, resize, shift_zoom
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
@@ -60,3 +61,39 @@ def test_colour_matches_the_steps_one_by_one(strengths):
     if grayscale == 1.0:  # every image grey: its three channels equal
         torch.testing.assert_close(out[:, 0], out[:, 2], rtol=0, atol=1e-6)
 
+
+def test_below_the_crop_size_it_augments_after_resizing_with_the_same_draws():
+    """size < crop: resize first, then shift by the same fraction of the crop, flip and colour,
+    from the same draws; eval (train=False) resizes the plain crop."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 256, (16, 3, 40, 40), generator=g, dtype=torch.uint8)
+    out = Augment(seed=9, shift=4, brightness=0.2, size=20)(x.clone())
+    assert out.shape == (16, 3, 20, 20)
+    # the reference: the same steps by hand at 20 px, a shift of 4 px of 40 = 2 px of 20
+    r = torch.Generator().manual_seed(9)
+    small = resize((x.float() / 255), 20)
+    zoom = 1.0 / (torch.rand(16, generator=r) * 0.0 + 1.0)
+    tx = (torch.rand(16, generator=r) * 8 - 4) * 2 / 40
+    ty = (torch.rand(16, generator=r) * 8 - 4) * 2 / 40
+    theta = torch.zeros(16, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = zoom, zoom, tx, ty
+    shifted = shift_zoom(small, theta)
+    flip = (torch.rand(16, generator=r) < 0.5)[:, None, None, None]
+    flipped = torch.where(flip, shifted.flip(3), shifted)
+    bright = (torch.rand(16, generator=r) * 0.4 + 0.8)[:, None, None, None]
+    ref = ((flipped * bright).clamp(0, 1) - 0.5) / 0.5
+    torch.testing.assert_close(out, ref, rtol=0, atol=2e-6)
+    assert (tx.abs() * 20 / 2).max() > 1.0  # some shift is over a pixel of the output
+    plain = Augment(seed=9, shift=4, brightness=0.2, size=20)(x.clone(), train=False)
+    torch.testing.assert_close(plain, resize((x.float() / 255 - 0.5) / 0.5, 20))
+
+
+def test_resize_first_false_augments_the_crop_then_resizes():
+    """The preset's order: the same draws on the crop, resized last."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 256, (8, 3, 40, 40), generator=g, dtype=torch.uint8)
+    kw = {"shift": 4, "brightness": 0.2, "contrast": 0.2}
+    late = Augment(seed=3, size=20, resize_first=False, **kw)(x.clone())
+    torch.testing.assert_close(late, resize(Augment(seed=3, **kw)(x.clone()), 20))
+    early = Augment(seed=3, size=20, **kw)(x.clone())
+    assert (early - late).abs().mean() > 1e-3  # the orders differ
