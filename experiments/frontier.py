@@ -7,7 +7,8 @@
 Each run directory's ``metrics.json`` (read by :func:`face_rec.report.read_run`) gives the
 reported list's accuracy, the selection list's, the training wall time and the machine it ran on;
 ``config.yaml`` names the recipe (backbone, width, input size, head with its loss settings,
-steps, batch size, learning rates, training sources with their identity lists (but LFW's
+steps, batch size, learning rates, the augmentation done after resizing to the input size,
+training sources with their identity lists (but LFW's
 DevTrain list) and their filter, a pair list whose images were kept out; "[k-fold CV]" where the
 reported accuracy's threshold is not a calibration list's). ``--previous`` adds the runs of an
 earlier output's run table (runs whose directories are gone). Runs of one recipe on one machine
@@ -58,6 +59,7 @@ def load_run(run: Path) -> dict:
         f"{t['max_steps']} steps of {t['batch_size']}, lr {lr * t.get('backbone_lr_scale', 1):g}"
         f"/{lr * t.get('head_lr_scale', 1):g}"  # backbone / class centres
         + (", crop aug" if a.get("tight_crop") or a.get("low_res") else "")
+        + (f", augmented at {a['size']} px" if _augmented_resized(cfg) else "")
         + f", {'+'.join(_source(n, s) for n, s in d['sources'].items())}"
         + (f" (identities with >= {least} images)" if least > 1 else "")
         + (f", without {Path(excluded).name}'s images" if excluded else "")
@@ -74,6 +76,14 @@ def load_run(run: Path) -> dict:
         "machine": f"{r.machine['cpu_capability']}, {r.machine['threads']} thread(s)"
         + (f", {_cpu(r.machine['cpu_model'])}" if r.machine.get("cpu_model") else ""),
     }
+
+
+def _augmented_resized(cfg: dict) -> bool:
+    """Whether the run shifted, flipped and jittered its crops after resizing them to
+    ``augment.size`` (``augment.resize_first``, since 2026-12-03) rather than before."""
+    a = cfg["augment"]
+    crop = cfg.get("align", {}).get("settings", {}).get("size")
+    return bool(a.get("resize_first") and a.get("size") and crop and a["size"] < crop)
 
 
 def _source(name: str, source: dict | None) -> str:
