@@ -133,17 +133,16 @@ class Augment:
 
     Args:
         flip: probability of a horizontal flip.
-        shift: max translation in pixels of the input crop (each axis); the uncovered strip is
-            filled as ``tight_border`` says (:data:`GRID_PADDING`).
+        shift: max translation in pixels (each axis); the uncovered strip is filled as
+            ``tight_border`` says (:data:`GRID_PADDING`).
         scale: random resized crop: zoom factor drawn from [1, 1 + scale] about the centre.
         brightness, contrast, saturation: colour jitter strengths (factor in [1 - v, 1 + v]).
         grayscale: probability of converting to greyscale.
         size: output side (None keeps the input size); lower it to train at low resolution.
-        resize_first: with ``size`` below the crop's side, resize right after the crop
-            conditions and shift, flip and colour at ``size`` (the same draws, the shift the
-            same fraction of the crop; the demo's 48 px of 112: a fifth of the pixels), or
-            (False) all of it on the crop and resize last, as before 2026-12-03 (the CPU
-            preset's measured recipe).
+            Below the crop's side, the crop conditions and the shift run on the crop, then
+            the resize, then flip and colour at ``size`` (a fifth of the pixels for the demo's
+            48 px of 112): both commute with the resize, but for colour's clamp to [0, 1] and
+            its contrast mean, taken at ``size``.
         tight_crop: probability of the tight-crop simulation (:func:`tight_rectangles`,
             :func:`fill_outside`); 0: off.
         tight_margin: range of each side's margin around the face box, in the tight-crop
@@ -165,7 +164,6 @@ class Augment:
         saturation: float = 0.0,
         grayscale: float = 0.0,
         size: int | None = None,
-        resize_first: bool = True,
         tight_crop: float = 0.0,
         tight_margin: tuple[float, float] = (-0.1, 0.2),
         tight_border: str = "constant",
@@ -183,7 +181,7 @@ class Augment:
             )
         self.flip, self.shift, self.scale = flip, shift, scale
         self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
-        self.grayscale, self.size, self.resize_first = grayscale, size, resize_first
+        self.grayscale, self.size = grayscale, size
         self.tight_crop, self.tight_border = tight_crop, tight_border
         self.tight_margin = (float(tight_margin[0]), float(tight_margin[1]))
         self.low_res = low_res
@@ -215,20 +213,19 @@ class Augment:
     def __call__(self, x: torch.Tensor, train: bool = True) -> torch.Tensor:
         x = x.float().div_(255.0)
         b, dev = x.shape[0], x.device
-        crop_h, crop_w = x.shape[-2:]
         if train and self.tight_crop:
-            x = fill_outside(x, self.draw_tight(b, crop_h, crop_w), self.tight_border)
+            x = fill_outside(x, self.draw_tight(b, *x.shape[-2:]), self.tight_border)
         if train and self.low_res:
             x = low_resolution(x, self.draw_low_res(b))
-        if train and self.resize_first and self.size and self.size < crop_w:
-            x = resize(x, self.size)
         if train and (self.shift or self.scale):
             zoom = 1.0 / self._u(b, 1.0, 1.0 + self.scale)
-            tx = self._u(b, -self.shift, self.shift) * 2 / crop_w
-            ty = self._u(b, -self.shift, self.shift) * 2 / crop_h
+            tx = self._u(b, -self.shift, self.shift) * 2 / x.shape[-1]
+            ty = self._u(b, -self.shift, self.shift) * 2 / x.shape[-2]
             theta = torch.zeros(b, 2, 3)
             theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = zoom, zoom, tx, ty
             x = shift_zoom(x, theta.to(dev), self.tight_border)
+        if train and self.size and self.size < x.shape[-1]:
+            x = resize(x, self.size)  # flip and colour commute with it: on fewer pixels
         if train and self.flip:
             flip = (self._u(b) < self.flip).to(dev)
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
