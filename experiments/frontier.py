@@ -7,8 +7,8 @@
 Each run directory's ``metrics.json`` (read by :func:`face_rec.report.read_run`) gives the
 reported list's accuracy, the selection list's, the training wall time and the machine it ran on;
 ``config.yaml`` names the recipe (backbone, width, input size, head with its loss settings,
-steps, batch size, learning rates, the augmentation done after resizing to the input size,
-training sources with their identity lists (but LFW's
+steps, batch size, learning rates, a shift done after resizing to the input size (one
+commit's runs), training sources with their identity lists (but LFW's
 DevTrain list) and their filter, a pair list whose images were kept out; "[k-fold CV]" where the
 reported accuracy's threshold is not a calibration list's). ``--previous`` adds the runs of an
 earlier output's run table (runs whose directories are gone). Runs of one recipe on one machine
@@ -59,7 +59,7 @@ def load_run(run: Path) -> dict:
         f"{t['max_steps']} steps of {t['batch_size']}, lr {lr * t.get('backbone_lr_scale', 1):g}"
         f"/{lr * t.get('head_lr_scale', 1):g}"  # backbone / class centres
         + (", crop aug" if a.get("tight_crop") or a.get("low_res") else "")
-        + (f", augmented at {a['size']} px" if _augmented_resized(cfg) else "")
+        + (f", shifted at {a['size']} px" if _augmented_resized(cfg) else "")
         + f", {'+'.join(_source(n, s) for n, s in d['sources'].items())}"
         + (f" (identities with >= {least} images)" if least > 1 else "")
         + (f", without {Path(excluded).name}'s images" if excluded else "")
@@ -79,8 +79,11 @@ def load_run(run: Path) -> dict:
 
 
 def _augmented_resized(cfg: dict) -> bool:
-    """Whether the run shifted, flipped and jittered its crops after resizing them to
-    ``augment.size`` (``augment.resize_first``, since 2026-12-03) rather than before."""
+    """Whether the run shifted its crops after resizing them to ``augment.size``:
+    ``augment.resize_first: true``, a setting of commit 3e64ffb only (2026-12-03; its runs
+    interpolated the sub-pixel shift at the training size, a blurrier image, and it was
+    replaced by shifting the crop before the resize). The crop's side is taken as
+    ``align.settings.size``, a pack's; a RecordIO file or a folder of crops may differ."""
     a = cfg["augment"]
     crop = cfg.get("align", {}).get("settings", {}).get("size")
     return bool(a.get("resize_first") and a.get("size") and crop and a["size"] < crop)

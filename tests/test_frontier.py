@@ -139,7 +139,7 @@ def test_identity_lists_excluded_images_and_cpu_models_keep_recipes_apart(tmp_pa
     assert len(frontier.recipes(list(runs.values()))) == 4  # none merges with another
 
 
-def test_augmenting_after_the_resize_is_a_recipe_of_its_own(tmp_path):
+def test_shifting_after_the_resize_is_a_recipe_of_its_own(tmp_path):
     runs = [Path(_run(tmp_path, n, 5, 0.87, 1, COSFACE)) for n in ("before", "after", "same")]
     for run, aug in zip(runs, ({}, {"resize_first": True}, {"resize_first": True}), strict=True):
         cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -147,6 +147,6 @@ def test_augmenting_after_the_resize_is_a_recipe_of_its_own(tmp_path):
         cfg["align"] = {"settings": {"size": 112}}
         (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     before, after, same = (frontier.load_run(r)["label"] for r in runs)
-    assert ", augmented at 48 px, " in after
-    assert after.replace(", augmented at 48 px", "") == before
+    assert ", shifted at 48 px, " in after
+    assert after.replace(", shifted at 48 px", "") == before
     assert same == before  # at the crop's own size there is nothing to resize first
