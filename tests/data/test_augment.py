@@ -93,10 +93,12 @@ def test_below_the_crop_size_it_shifts_the_crop_then_flips_and_jitters_the_resiz
 @pytest.mark.parametrize("size", [20, 40, 64])
 def test_flip_and_shift_give_the_images_of_augmenting_the_crop_then_resizing(size):
     """The flip commutes with the resize, so below the crop's size the order changes nothing
-    but rounding; at or above it nothing is reordered."""
+    but rounding, with the crop conditions on too (they run on the crop either way); at or
+    above it nothing is reordered."""
     g = torch.Generator().manual_seed(4)
     x = torch.randint(0, 256, (8, 3, 40, 40), generator=g, dtype=torch.uint8)
-    out = Augment(seed=3, shift=4, size=size)(x.clone())
-    late = resize(Augment(seed=3, shift=4)(x.clone()), size)
+    kw = {"shift": 4, "tight_crop": 0.5, "low_res": 0.5, "low_res_size": (10, 30)}
+    out = Augment(seed=3, size=size, **kw)(x.clone())  # crop conditions on the 40 px crop
+    late = resize(Augment(seed=3, **kw)(x.clone()), size)
     torch.testing.assert_close(out, late, rtol=0, atol=1e-5)
     assert out.shape[-1] == size
