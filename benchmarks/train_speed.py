@@ -156,7 +156,7 @@ def ours(name: str, args, compiled: bool = False) -> dict:
         ips.append(trainer.metrics["images_per_s"])
         wait.append(trainer.metrics["data_wait_fraction"])
     img_s = statistics.median(ips[warmup:])
-    out = {"img_s": img_s, "wait": float(np.mean(wait[warmup:]))}
+    out = {"img_s": img_s, "wait": float(np.mean(wait[warmup:])), "crop_size": data.x.shape[-1]}
     batch = data.x[: args.batch]
     out["augment_ms"] = 1e3 * statistics.median(
         timed(lambda: trainer.augment(batch)) for _ in range(args.steps + 1)
@@ -185,7 +185,7 @@ def measure(name: str, args, mm: float) -> dict:
         "reference_img_s": round(ref, 2),
         "face_rec_img_s": round(mine["img_s"], 2),
         "ratio": round(mine["img_s"] / ref, 2),
-        "crop_size": args.crop_size,
+        "crop_size": mine["crop_size"],  # the side of the crops the trainer was fed
         "data_wait_fraction": round(mine["wait"], 4),
         "augment_ms": round(mine["augment_ms"], 2),
         "augment_fraction": round(mine["augment_ms"] / 1e3 * mine["img_s"] / args.batch, 3),
