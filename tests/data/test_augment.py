@@ -98,6 +98,8 @@ def test_flip_and_shift_give_the_images_of_augmenting_the_crop_then_resizing(siz
     g = torch.Generator().manual_seed(4)
     x = torch.randint(0, 256, (8, 3, 40, 40), generator=g, dtype=torch.uint8)
     kw = {"shift": 4, "tight_crop": 0.5, "low_res": 0.5, "low_res_size": (10, 30)}
+    if size >= 40:  # nothing reordered: colour's clamp would show an early resize
+        kw["brightness"] = 0.3
     out = Augment(seed=3, size=size, **kw)(x.clone())  # crop conditions on the 40 px crop
     late = resize(Augment(seed=3, **kw)(x.clone()), size)
     torch.testing.assert_close(out, late, rtol=0, atol=1e-5)
