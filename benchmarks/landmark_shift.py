@@ -1,9 +1,9 @@
 """How far two packs of the same images put the landmarks (e.g. aligned with different MTCNN
 ``min_face_size``).
 
-    python align.py data=lfw data.limit=2000 data.min_face_size=40 output_dir=/tmp/al_40
-    python align.py data=lfw data.limit=2000 data.min_face_size=80 output_dir=/tmp/al_80
-    python benchmarks/landmark_shift.py /tmp/al_40 /tmp/al_80
+    python align.py data=lfw data.limit=2000 data.min_face_size=40 output_dir=logs/align_min40
+    python align.py data=lfw data.limit=2000 data.min_face_size=80 output_dir=logs/align_min80
+    python benchmarks/landmark_shift.py logs/align_min40 logs/align_min80
 
 Per image in both manifests, the largest of its ten landmark coordinates' differences, in
 source-image pixels; prints the median, the 99th percentile and the maximum.

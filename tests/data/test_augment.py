@@ -8,6 +8,8 @@ import torch
 
 from face_rec.data.augment import Augment, resize, shift_zoom
 
+from .conftest import shift_theta
+
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
     return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
@@ -62,16 +64,6 @@ def test_colour_matches_the_steps_one_by_one(strengths):
         torch.testing.assert_close(out[:, 0], out[:, 2], rtol=0, atol=1e-6)
 
 
-def _theta(g: torch.Generator, b: int, shift: float, side: int) -> torch.Tensor:
-    """The shift's affine map as Augment draws it (zoom 1, then x and y offsets)."""
-    zoom = 1.0 / (torch.rand(b, generator=g) * 0.0 + 1.0)
-    tx = (torch.rand(b, generator=g) * 2 * shift - shift) * 2 / side
-    ty = (torch.rand(b, generator=g) * 2 * shift - shift) * 2 / side
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = zoom, zoom, tx, ty
-    return theta
-
-
 def test_below_the_crop_size_it_shifts_the_crop_then_flips_and_jitters_the_resized_image():
     """size < crop: the shift on the crop, then the resize, then flip and colour at size, from
     the same draws; eval (train=False) resizes the plain crop."""
@@ -80,7 +72,7 @@ def test_below_the_crop_size_it_shifts_the_crop_then_flips_and_jitters_the_resiz
     out = Augment(seed=9, shift=4, brightness=0.2, size=20)(x.clone())
     assert out.shape == (16, 3, 20, 20)
     r = torch.Generator().manual_seed(9)
-    small = resize(shift_zoom(x.float() / 255, _theta(r, 16, 4, 40)), 20)
+    small = resize(shift_zoom(x.float() / 255, shift_theta(r, 16, 4, 40)), 20)
     flip = (torch.rand(16, generator=r) < 0.5)[:, None, None, None]
     flipped = torch.where(flip, small.flip(3), small)
     bright = (torch.rand(16, generator=r) * 0.4 + 0.8)[:, None, None, None]

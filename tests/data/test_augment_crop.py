@@ -18,6 +18,8 @@ from face_rec.data.augment import (
 )
 from face_rec.data.tight_crop import crop_box
 
+from .conftest import shift_theta
+
 NP_MODE = {"constant": "constant", "replicate": "edge", "reflect": "reflect"}
 PLAIN = {"flip": 0.0, "shift": 0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0}
 
@@ -126,12 +128,7 @@ def test_shift_is_bit_identical_with_a_constant_border_and_follows_the_border():
     x = _noise(32, 24, 24).clamp(min=40)
     kw = {**PLAIN, "shift": 4}
     out = Augment(seed=11, tight_border="constant", **kw)(x.clone())
-    g = torch.Generator().manual_seed(11)
-    zoom = 1.0 / (torch.rand(32, generator=g) * 0.0 + 1.0)
-    tx = (torch.rand(32, generator=g) * 8 - 4) * 2 / 24
-    ty = (torch.rand(32, generator=g) * 8 - 4) * 2 / 24
-    theta = torch.zeros(32, 2, 3)
-    theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = zoom, zoom, tx, ty
+    theta = shift_theta(torch.Generator().manual_seed(11), 32, 4, 24)
     grid = F.affine_grid(theta, [32, 3, 24, 24], align_corners=False)
     old = F.grid_sample(x.float() / 255, grid, padding_mode="zeros", align_corners=False)
     torch.testing.assert_close(out, (old.clamp(0, 1) - 0.5) / 0.5, rtol=0, atol=0)
