@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from face_rec import distributed as D
 from face_rec.align.cli import alignment_kwargs
-from face_rec.align.run import run_alignment
+from face_rec.align.run import pack_changes, run_alignment
 from face_rec.config_check import check_config
 from face_rec.data.holdout import holdout_pairs
 from face_rec.data.pack import read_summary
@@ -50,29 +50,34 @@ def seed_everything(seed: int) -> None:
 
 def ensure_pack(source: DictConfig, align: DictConfig) -> None:
     """Align a training source first when its pack is missing or incomplete (resumable). A
-    complete pack made with other crop settings than ``align`` gives (size, border, fallback
-    crop) is used as it is, with a warning naming the differences and how to rebuild it."""
+    complete pack that is not what this alignment would make now (other settings, detector,
+    code or package versions, or source files whose contents changed since) is used as it is,
+    with a warning naming the differences and how to rebuild it."""
     kw = alignment_kwargs(align)
     kw["settings"] = dataclasses.replace(
         kw["settings"], fallback_face_fraction=source.fallback_face_fraction
     )
-    summary = read_summary(source.pack_dir)
-    if summary is not None:
-        wanted = dataclasses.asdict(kw["settings"])
-        made = summary.get("settings", {})
-        differ = {k: (made.get(k), v) for k, v in wanted.items() if made.get(k) != v}
-        if differ:
+    kw["make_detector"] = functools.partial(kw["make_detector"], min_face_size=source.min_face_size)
+    kw["detector_settings"]["min_face_size"] = source.min_face_size
+    if read_summary(source.pack_dir) is not None:
+        changes = pack_changes(
+            source.image_dir,
+            source.pack_dir,
+            kw["settings"],
+            kw["detector_settings"],
+            kw["chunk_size"],
+        )
+        if changes:
             log.warning(
-                "training pack %s was aligned with other settings than align.settings says "
-                "(%s); training on it as it is. To rebuild it: delete the folder, or run "
-                "python align.py with the same settings",
+                "training pack %s is not what aligning %s would make now (%s); training on it "
+                "as it is. To rebuild it: delete the folder, or run python align.py with the "
+                "same settings",
                 source.pack_dir,
-                ", ".join(f"{k}: pack {a!r}, config {b!r}" for k, (a, b) in differ.items()),
+                source.image_dir,
+                "; ".join(changes),
             )
         return
     log.info("no complete pack at %s: aligning %s first", source.pack_dir, source.image_dir)
-    kw["make_detector"] = functools.partial(kw["make_detector"], min_face_size=source.min_face_size)
-    kw["detector_settings"]["min_face_size"] = source.min_face_size
     run_alignment(source.image_dir, source.pack_dir, limit=source.limit, **kw)
 
 

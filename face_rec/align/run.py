@@ -63,6 +63,13 @@ from face_rec.data.pack import (
 )
 from face_rec.utils.io import atomic_path, keyed_dir, write_json
 from face_rec.utils.machine import machine_info
+from face_rec.utils.stamps import (
+    Stamp,
+    content_key,
+    file_stamps,
+    recorded_stamps,
+    stamp_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -531,7 +538,8 @@ def run_alignment(
     if not files:
         raise FileNotFoundError(f"no image files under {str(input_dir)!r} (<identity>/<image>)")
     labels = {name: i for i, name in enumerate(sorted({f.identity for f in files}))}
-    key = _resume_key(input_dir, files, settings, detector_settings or {}, chunk_size)
+    stamps = file_stamps(input_dir, (f.source for f in files), _pack_stamps(output_dir))
+    key = _resume_key(files, stamps, settings, detector_settings or {}, chunk_size)
     with _one_writer(output_dir):  # a second job on this pack waits, then finds it complete
         previous = read_summary(output_dir)
         if previous is not None and previous.get("key") == key:
@@ -549,9 +557,11 @@ def run_alignment(
                 _save_part(parts, index, result)
                 bar.update(len(result.rows))
         aligned_s = time.perf_counter() - start
-        summary = _assemble(output_dir, parts, len(chunks), settings, seed, shard_size)
+        summary = _assemble(output_dir, parts, len(chunks), settings, stamps, seed, shard_size)
         summary.update(
             key=key,
+            align_version=ALIGN_VERSION,
+            chunk_size=chunk_size,
             input_dir=str(input_dir),
             n_inputs=len(files),
             n_identities=len(labels),
@@ -582,8 +592,9 @@ def current_pack(
     chunk_size: int = CHUNK_SIZE,
 ) -> list[dict] | None:
     """The manifest rows of the complete pack in ``output_dir`` when :func:`run_alignment` with
-    these arguments would leave it as it is: made from ``input_dir`` with the same settings, and
-    none of its files changed since (sizes and modification times); else None."""
+    these arguments would leave it as it is: made from ``input_dir`` with the same settings and
+    code, and none of its files' contents changed since (a copy of the same files with new
+    modification times is current); else None."""
     rows, current = pack_rows(input_dir, output_dir, settings, detector_settings, chunk_size)
     return rows if current else None
 
@@ -597,15 +608,89 @@ def pack_rows(
 ) -> tuple[list[dict] | None, bool]:
     """The manifest rows of the complete pack in ``output_dir`` made from ``input_dir`` (None
     when there is none), and whether it is current as :func:`current_pack` says."""
+    state = _pack_state(input_dir, output_dir, settings, detector_settings, chunk_size)
+    return (state[1], state[3]) if state else (None, False)
+
+
+def pack_changes(
+    input_dir: str | Path,
+    output_dir: str | Path,
+    settings: AlignSettings | None = None,
+    detector_settings: dict | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> list[str]:
+    """What differs between the complete pack in ``output_dir`` and what :func:`run_alignment`
+    with these arguments would make of ``input_dir``, in words: [] when it is current (or when
+    there is no complete pack). Used to say why a pack is not used or is out of date."""
+    summary = read_summary(output_dir)
+    if summary is None:
+        return []
+    state = _pack_state(input_dir, output_dir, settings, detector_settings, chunk_size)
+    if state is None:
+        return [f"it was made from {summary['input_dir']}, not {input_dir}"]
+    summary, rows, stamps, current = state
+    if current:
+        return []
+    wanted = {
+        "settings": asdict(settings or AlignSettings()),
+        "detector": detector_settings or {},
+        "versions": _versions(),
+    }
+    changes = []
+    for what, now in wanted.items():
+        made = summary.get(what, {})
+        differ = sorted(k for k in {*made, *now} if made.get(k) != now.get(k))
+        changes += [f"{what}.{k}: pack {made.get(k)!r}, now {now.get(k)!r}" for k in differ]
+    for what, now in (("align_version", ALIGN_VERSION), ("chunk_size", chunk_size)):
+        if summary.get(what) != now:
+            changes.append(f"{what}: pack {summary.get(what, 'not recorded')!r}, now {now!r}")
+    was = {r["source"]: r["input_sha256"] for r in rows}
+    if not any(was.values()):
+        changes.append("it records no digests of its source files (made before face_rec did)")
+        return changes
+    counts = Counter(_file_change(was[src], stamp) for src, stamp in stamps.items())
+    changes += [
+        f"{counts[w]} of its {len(rows)} source files {w}" for w in FILE_CHANGES if counts[w]
+    ]
+    return changes or ["its key differs from these arguments' for a reason not recorded in it"]
+
+
+#: how a pack's source files can differ from what it recorded (:func:`pack_changes`)
+FILE_CHANGES = (
+    "have other contents than when they were aligned",
+    "are gone",
+    "exist now but were missing then",
+)
+
+
+def _file_change(recorded: str, now: Stamp | None) -> str | None:
+    """How a source file differs from the digest its pack recorded ('' = missing then)."""
+    if now is None:
+        return FILE_CHANGES[1] if recorded else None
+    if not recorded:
+        return FILE_CHANGES[2]
+    return FILE_CHANGES[0] if now.sha256 != recorded else None
+
+
+def _pack_state(
+    input_dir: str | Path,
+    output_dir: str | Path,
+    settings: AlignSettings | None,
+    detector_settings: dict | None,
+    chunk_size: int,
+) -> tuple[dict, list[dict], dict[str, Stamp | None], bool] | None:
+    """The complete pack in ``output_dir`` made from ``input_dir``: its summary, manifest rows,
+    its source files' stamps now, and whether it is current; None when there is none."""
     summary = read_summary(output_dir)
     if summary is None or Path(summary["input_dir"]).resolve() != Path(input_dir).resolve():
-        return None, False
+        return None
     rows = read_manifest(Path(output_dir) / "manifest.csv")
     files = [InputFile(r["source"], r["identity"]) for r in rows]
+    stamps = file_stamps(Path(input_dir), (f.source for f in files), recorded_stamps(rows))
     key = _resume_key(
-        Path(input_dir), files, settings or AlignSettings(), detector_settings or {}, chunk_size
+        files, stamps, settings or AlignSettings(), detector_settings or {}, chunk_size
     )
-    return rows, summary["key"] == key
+    return summary, rows, stamps, summary["key"] == key
 
 
 def _execute(
@@ -649,11 +734,12 @@ def _assemble(
     parts: Path,
     n_chunks: int,
     settings: AlignSettings,
+    stamps: dict[str, Stamp | None],
     seed: int,
     shard_size: int = 0,
 ) -> dict:
-    """Concatenate the parts in input order into the crop file(s), manifest.csv and contact
-    sheets."""
+    """Concatenate the parts in input order into the crop file(s), manifest.csv (with each
+    source file's ``stamps``) and contact sheets."""
     n_rows = 0
     for i in range(n_chunks):  # count from the small rows record, not by reading the crops
         with np.load(_part_path(parts, i)) as z:
@@ -670,6 +756,7 @@ def _assemble(
             for row in part.rows:
                 row["image_index"] = at if row["status"] != "failed" else -1
                 at += row["status"] != "failed"
+                row.update(stamp_columns(stamps[row["source"]]))
             rows.extend(part.rows)
             yield part.crops
 
@@ -701,18 +788,28 @@ def _assemble(
 
 
 def _resume_key(
-    root: Path, files: list[InputFile], settings: AlignSettings, detector: dict, chunk_size: int
+    files: list[InputFile],
+    stamps: dict[str, Stamp | None],
+    settings: AlignSettings,
+    detector: dict,
+    chunk_size: int,
 ) -> str:
-    """Inputs and everything that shapes the result. The chunk size is in it: chunks are the
-    parts on disk, and they decide which images are detected together (padded to one size)."""
+    """Inputs (their paths and contents, :mod:`face_rec.utils.stamps`) and everything that
+    shapes the result. The chunk size is in it: chunks are the parts on disk, and they decide
+    which images are detected together (padded to one size)."""
     h = hashlib.sha256()
     meta = [ALIGN_VERSION, asdict(settings), detector, chunk_size, _versions()]
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for f in files:
-        path = root / f.source
-        st = (path.stat().st_size, path.stat().st_mtime_ns) if path.exists() else "missing"
-        h.update(f"{f.source}\0{st}\n".encode())
+        h.update(f"{f.source}\0{content_key(stamps[f.source])}\n".encode())
     return h.hexdigest()[:16]
+
+
+def _pack_stamps(output_dir: Path) -> dict[str, Stamp]:
+    """The stamps recorded by the complete pack in ``output_dir`` (none when there is none)."""
+    if read_summary(output_dir) is None:
+        return {}
+    return recorded_stamps(read_manifest(output_dir / "manifest.csv"))
 
 
 def _versions() -> dict[str, str]:

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from face_rec.utils.io import atomic_path
+from face_rec.utils.stamps import COLUMNS as STAMP_COLUMNS
 
 SUMMARY_NAME = "summary.json"
 MANIFEST_COLUMNS = (
@@ -34,9 +35,12 @@ MANIFEST_COLUMNS = (
     "reason",
     "outside_fraction",
     "detect_retry",
+    # the source file as it was aligned: size, modification time and content digest ('' where
+    # it was missing); the pack is current while the digests match (face_rec.utils.stamps)
+    *STAMP_COLUMNS,
 )
 #: manifest columns a pack made before they existed lacks; read back as '' (unknown)
-LATER_COLUMNS = ("outside_fraction", "detect_retry")
+LATER_COLUMNS = ("outside_fraction", "detect_retry", *STAMP_COLUMNS)
 
 #: a set is dominated by tight crops (:func:`tight_crop_warning`) when the median crop has more
 #: than TIGHT_MEDIAN of its pixels outside its source image, or more than TIGHT_SHARE of the crops

@@ -21,8 +21,9 @@ square the alignment's fallback crop uses (``fallback`` rows). An unreadable ima
 listed (``bad``) and has no output; its pairs are then unscorable in evaluation. Work goes in
 chunks: every image is written atomically, a chunk's manifest rows are saved when all its images
 are durable (fsync'ed with their folders), and a run again skips finished chunks. A run whose
-key differs (the settings, the lists, the source images' sizes and modification times, the
-detection code's ``ALIGN_VERSION``) starts over, and first removes the earlier build's pair lists,
+key differs (the settings, the lists, the source images' contents, the detection code's
+``ALIGN_VERSION``; not the images' modification times: a fresh copy of LFW keeps the build,
+:mod:`face_rec.utils.stamps`) starts over, and first removes the earlier build's pair lists,
 manifest and ``tight_crop.json``: until it completes, a ``val=`` run finds no pair list rather
 than a tree of mixed builds.
 
@@ -54,6 +55,8 @@ from face_rec.align.run import ALIGN_VERSION, AlignSettings, detect_all
 from face_rec.data.images import ImageReadError, load_rgb
 from face_rec.data.pairs import load_pairs
 from face_rec.utils.io import atomic_path, fsync, keyed_dir, write_json
+from face_rec.utils.stamps import COLUMNS as STAMP_COLUMNS
+from face_rec.utils.stamps import Stamp, content_key, file_stamps, recorded_stamps, stamp_columns
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,7 @@ COLUMNS = (
     "crop_box",
     "tight_wh",
     "lowres_wh",
+    *STAMP_COLUMNS,  # the source image as it was cropped (face_rec.utils.stamps)
 )
 
 
@@ -236,10 +240,10 @@ def detection_settings(align: AlignSettings, detector_settings: dict) -> dict:
     }
 
 
-def _key(  # the lists' contents, their images' sizes and times, and what shapes the output
+def _key(  # the lists' contents, their images' contents, and what shapes the output
     lfw_root: Path,
     lists: Sequence[str],
-    sources: Sequence[str],
+    stamps: dict[str, Stamp | None],
     settings: TightCropSettings,
     detection: dict,
     chunk_size: int,
@@ -249,13 +253,8 @@ def _key(  # the lists' contents, their images' sizes and times, and what shapes
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for name in lists:
         h.update((lfw_root / name).read_bytes())
-    for src in sources:
-        try:
-            st = (lfw_root / "images" / src).stat()
-            stamp = f"{st.st_size} {st.st_mtime_ns}"
-        except FileNotFoundError:
-            stamp = "missing"
-        h.update(f"{src}\0{stamp}\n".encode())
+    for src, stamp in stamps.items():
+        h.update(f"{src}\0{content_key(stamp)}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -293,9 +292,14 @@ def build_tight_variants(
     settings, align = settings or TightCropSettings(), align or AlignSettings()
     sources = list_images(lfw_root, lists)
     detection = detection_settings(align, detector_settings or {})
-    key = _key(lfw_root, lists, sources, settings, detection, chunk_size)
     summary_path = out_dir / SUMMARY
     previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    known = {}
+    if previous.get("complete"):
+        with open(out_dir / "manifest.csv", newline="") as fh:
+            known = recorded_stamps(csv.DictReader(fh))
+    stamps = file_stamps(lfw_root / "images", sources, known)
+    key = _key(lfw_root, lists, stamps, settings, detection, chunk_size)
     if previous.get("complete") and previous.get("key") == key:
         log.info("%s is already complete; nothing to do", out_dir)
         return previous
@@ -318,6 +322,7 @@ def build_tight_variants(
     rows = [
         r for i in range(len(chunks)) for r in json.loads((parts / f"{i:06d}.json").read_text())
     ]
+    rows = [r | stamp_columns(stamps[r["source"]]) for r in rows]
     summary = _finish(out_dir, lfw_root, lists, rows, key)
     summary.update(
         settings=asdict(settings),

@@ -48,6 +48,7 @@ from face_rec.align.run import ALIGN_VERSION, AlignSettings, crop_face
 from face_rec.data.images import ImageReadError, load_rgb
 from face_rec.eval.embed import embed_crops
 from face_rec.utils.io import atomic_path, keyed_dir
+from face_rec.utils.stamps import Stamp, content_key, file_stamps, read_stamps, write_stamps
 
 log = logging.getLogger(__name__)
 
@@ -358,16 +359,6 @@ def crop_settings(settings: AlignSettings) -> dict:
     }
 
 
-def image_stamp(path: Path) -> str:
-    """``size mtime_ns`` of an image file (the alignment stage's resume key uses the same), or
-    ``missing``: a changed file changes it."""
-    try:
-        st = path.stat()
-    except OSError:
-        return "missing"
-    return f"{st.st_size} {st.st_mtime_ns}"
-
-
 def features_key(
     model_id: str,
     image_dir: Path,
@@ -375,17 +366,20 @@ def features_key(
     landmarks: np.ndarray,
     settings: AlignSettings,
     chunk_size: int,
+    stamps: dict[str, Stamp | None] | None = None,
 ) -> str:
     """Everything that shapes the stored features: the model (:func:`model_identity`), the
-    image folder, each image's name and file (size and modification time, :func:`image_stamp`),
-    the landmarks (N, 5, 2), the crop settings (:func:`crop_settings`), and the chunking (which
-    faces each chunk file holds)."""
+    image folder, each image's name and content (``stamps``, :mod:`face_rec.utils.stamps`;
+    read from the files when not given), the landmarks (N, 5, 2), the crop settings
+    (:func:`crop_settings`), and the chunking (which faces each chunk file holds)."""
+    if stamps is None:
+        stamps = file_stamps(Path(image_dir), names)
     h = hashlib.sha256()
     meta = [FEATURES_VERSION, ALIGN_VERSION, crop_settings(settings), model_id]
     meta += [str(Path(image_dir).resolve()), chunk_size]
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for name in names:
-        h.update(f"{name}\0{image_stamp(Path(image_dir) / name)}\n".encode())
+        h.update(f"{name}\0{content_key(stamps[name])}\n".encode())
     h.update(np.ascontiguousarray(landmarks, np.float64).tobytes())
     return h.hexdigest()
 
@@ -407,9 +401,10 @@ def extract_features(
     ``landmarks[i]`` (N, 5, 2), computed in chunks of ``chunk_size`` faces, each saved
     atomically under ``cache_dir/<key>``; chunks already there are kept (a killed run goes on
     where it stopped). The key (:func:`features_key`) covers the model, the image folder, each
-    image's name, size and modification time, the landmarks, the crop settings and the chunk
-    size. ``workers``: threads decoding and warping (None: one per
-    core). Returns the chunks' :class:`FaceFeatures` (features read back a chunk at a time)."""
+    image's name and content (not its modification time: a fresh copy of the images keeps the
+    cache; the stamps are recorded in ``cache_dir/stamps-<folder digest>.csv``), the landmarks,
+    the crop settings and the chunk size. ``workers``: threads decoding and warping (None: one
+    per core). Returns the chunks' :class:`FaceFeatures` (features read back a chunk at a time)."""
     from tqdm import tqdm
 
     settings = settings or AlignSettings()
@@ -420,7 +415,15 @@ def extract_features(
         )
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} must be >= 1")
-    key = features_key(model_identity(model), image_dir, names, landmarks, settings, chunk_size)
+    folder_digest = hashlib.sha256(str(image_dir.resolve()).encode()).hexdigest()[:12]
+    record = Path(cache_dir) / f"stamps-{folder_digest}.csv"
+    known = read_stamps(record)
+    stamps = file_stamps(image_dir, names, known)
+    if stamps != {name: known.get(name) for name in names}:
+        write_stamps(record, stamps)
+    key = features_key(
+        model_identity(model), image_dir, names, landmarks, settings, chunk_size, stamps
+    )
     folder = keyed_dir(Path(cache_dir) / key[:16], key)
     n = len(names)
     starts = range(0, n, chunk_size)

@@ -13,7 +13,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from face_rec.align.run import CHUNK_SIZE, AlignSettings, current_pack, pack_rows, run_alignment
+from face_rec.align.run import (
+    CHUNK_SIZE,
+    AlignSettings,
+    current_pack,
+    pack_changes,
+    pack_rows,
+    run_alignment,
+)
 from face_rec.data.pack import (
     open_images,
     outside_fractions,
@@ -116,14 +123,15 @@ def align_images(
         pack = Path(cache_dir) / f"{Path(source).stem}-{digest[:12]}"
         if stale:
             cached = current_pack(root, pack, settings, detector_settings, chunk_size) is not None
+            why = pack_changes(root, stale, settings, detector_settings, chunk_size)
             log.warning(
-                "the pack %s holds every image of %s but is not used: it was made with other "
-                "alignment settings, or some of its image files changed since (size or "
-                "modification time; copying the data again counts). The images are %s %s, "
-                "and their crops, and so the scores, can differ slightly from the pack's. If "
-                "the files changed, run align.py for that dataset again to refresh the pack",
+                "the pack %s holds every image of %s but is not what this alignment would make "
+                "now (%s). The images are %s %s, and their crops, and so the scores, can differ "
+                "slightly from the pack's. To use the pack, run align.py for that dataset again "
+                "with these settings",
                 stale,
                 source,
+                "; ".join(why),
                 "read from the cache an earlier run aligned," if cached else "aligned afresh into",
                 pack,
             )

@@ -11,6 +11,7 @@ import pytest
 from face_rec.align.run import AlignSettings, run_alignment
 from face_rec.align.warp import ARCFACE_TEMPLATE_112, alignment_matrix, outside_fraction
 from face_rec.data.pack import (
+    LATER_COLUMNS,
     MANIFEST_COLUMNS,
     TIGHT_OVER,
     outside_fractions,
@@ -130,7 +131,7 @@ def test_the_tight_crop_warning_thresholds(values, warns):
 
 
 def test_a_pack_made_before_the_columns_existed_is_read_as_unknown(tmp_path):
-    old = [c for c in MANIFEST_COLUMNS if c not in ("outside_fraction", "detect_retry")]
+    old = [c for c in MANIFEST_COLUMNS if c not in LATER_COLUMNS]
     path = tmp_path / "manifest.csv"
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=old)
@@ -138,6 +139,7 @@ def test_a_pack_made_before_the_columns_existed_is_read_as_unknown(tmp_path):
         w.writerow({c: "" for c in old} | {"source": "a/1.jpg", "label": 0, "image_index": 0})
     rows = read_manifest(path)
     assert rows[0]["outside_fraction"] == "" and rows[0]["detect_retry"] == ""
+    assert rows[0]["input_sha256"] == ""  # no digest recorded: the pack is not current
     assert np.isnan(outside_fractions(rows)).all()
 
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from face_rec.align.detect import Face
-from face_rec.align.run import AlignSettings, run_alignment
+from face_rec.align.run import ALIGN_VERSION, AlignSettings, run_alignment
 from face_rec.align.warp import ARCFACE_TEMPLATE_112
 from face_rec.data.pack import IncompletePackError, PackedFaces, read_manifest, read_summary
 
@@ -265,3 +265,67 @@ def test_a_second_job_on_the_same_pack_waits_for_the_first_then_finds_it_complet
     job.join(timeout=60)
     assert not job.is_alive() and done["s"]["n_images"] == 4
     assert read_summary(pack)["n_images"] == 4
+
+
+def test_a_copy_of_the_same_files_keeps_the_pack_and_other_contents_do_not(tmp_path):
+    """Currency is the source files' contents: writing the same bytes again (a fresh copy of
+    the data: new modification times) leaves the pack current; other bytes, a missing file or
+    other settings do not, and pack_changes says which."""
+    import hashlib
+
+    from face_rec.align.run import current_pack, pack_changes
+
+    root = _tree(tmp_path / "in", n_ids=2, per_id=3)
+    pack = tmp_path / "pack"
+    first = run_alignment(root, pack, FakeDetector, workers=0)
+    rows = read_manifest(pack / "manifest.csv")
+    for row in rows:
+        data = (root / row["source"]).read_bytes()
+        assert row["input_sha256"] == hashlib.sha256(data).hexdigest()[:16]
+        assert int(row["input_size"]) == len(data)
+    for path in sorted(root.rglob("*.png")):  # copied again: same bytes, new times
+        path.write_bytes(path.read_bytes())
+    assert int(rows[0]["input_mtime_ns"]) != (root / rows[0]["source"]).stat().st_mtime_ns
+    assert current_pack(root, pack) is not None and pack_changes(root, pack) == []
+    again = run_alignment(root, pack, _interrupting(0), workers=0)  # would raise if it aligned
+    assert again["key"] == first["key"]
+
+    assert pack_changes(root, pack, AlignSettings(size=96)) == ["settings.size: pack 112, now 96"]
+    assert pack_changes(root, pack, chunk_size=7) == ["chunk_size: pack 128, now 7"]
+    changed = root / "id01" / "img2.png"
+    img = np.array(Image.open(changed))
+    img[0, 0] = 255 - img[0, 0]
+    _write(changed, img)
+    (root / "id00" / "img0.png").unlink()
+    assert current_pack(root, pack) is None
+    assert pack_changes(root, pack) == [
+        "1 of its 6 source files have other contents than when they were aligned",
+        "1 of its 6 source files are gone",
+    ]
+    with pytest.raises(KeyboardInterrupt):  # not current: aligned again
+        run_alignment(root, pack, _interrupting(0), workers=0)
+
+
+def test_a_pack_without_digests_is_not_current_and_says_why(tmp_path):
+    """A pack made before the manifest recorded its source files' digests (another key) is
+    not current, and pack_changes says why rather than counting every file as changed."""
+    import json
+
+    from face_rec.align.run import current_pack, pack_changes
+    from face_rec.data.pack import write_manifest
+
+    root = _tree(tmp_path / "in", n_ids=2, per_id=2)
+    pack = tmp_path / "pack"
+    run_alignment(root, pack, FakeDetector, workers=0)
+    rows = read_manifest(pack / "manifest.csv")
+    write_manifest(pack / "manifest.csv", [r | {"input_sha256": ""} for r in rows])
+    summary = json.loads((pack / "summary.json").read_text())
+    for key in ("align_version", "chunk_size"):
+        del summary[key]
+    (pack / "summary.json").write_text(json.dumps(summary | {"key": "made-by-older-code"}))
+    assert current_pack(root, pack) is None
+    assert pack_changes(root, pack) == [
+        f"align_version: pack 'not recorded', now {ALIGN_VERSION}",
+        "chunk_size: pack 'not recorded', now 128",
+        "it records no digests of its source files (made before face_rec did)",
+    ]

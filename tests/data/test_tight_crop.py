@@ -150,8 +150,9 @@ def test_the_summary_holds_absolute_paths(tmp_path, monkeypatch):
 
 def test_the_key_follows_what_shapes_the_crops_only(tmp_path, monkeypatch):
     """Rebuilt for: the detector's settings, the alignment's detection settings, ALIGN_VERSION
-    (the detection code), a source image's size or time. Not for: the warp's border, crop
-    size or fallback fraction, nor the detector's device (the builder only detects and cuts)."""
+    (the detection code), a source image's contents. Not for: the warp's border, crop size or
+    fallback fraction, the detector's device (the builder only detects and cuts), nor a source
+    image's modification time alone (a fresh copy of the same data)."""
     import face_rec.data.tight_crop as tc
 
     lfw = _lfw_like(tmp_path / "lfw")
@@ -180,9 +181,12 @@ def test_the_key_follows_what_shapes_the_crops_only(tmp_path, monkeypatch):
     bumped = build_tight_variants(lfw, out, FakeBoxDetector, detector_settings=det)
     assert bumped["key"] != base["key"] and bumped["align_version"] == tc.ALIGN_VERSION
     src = lfw / "images" / "Person_0" / "Person_0_0001.jpg"
-    os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**9))
-    touched = build_tight_variants(lfw, out, FakeBoxDetector, detector_settings=det)
-    assert touched["key"] != bumped["key"]
+    os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**9))  # copied again
+    touched = build_tight_variants(lfw, out, NeverDetector, detector_settings=det)
+    assert touched["key"] == bumped["key"]
+    src.write_bytes(src.read_bytes() + b"\0")  # other bytes (JPEG ignores the tail)
+    changed = build_tight_variants(lfw, out, FakeBoxDetector, detector_settings=det)
+    assert changed["key"] != bumped["key"]
     assert set(touched["detection"]) == {
         "batch_size",
         "max_detect_side",

@@ -420,6 +420,10 @@ def test_extraction_resumes_after_a_kill(tmp_path, monkeypatch):
     calls[:] = []
     again = extract_features(*args, tmp_path / "cache", **kw)
     assert not calls and again.folder == store.folder  # complete: nothing recomputed
+    for image in (root / "loose_crop").iterdir():  # the images copied again: new times
+        image.write_bytes(image.read_bytes())
+    copied = extract_features(*args, tmp_path / "cache", **kw)
+    assert not calls and copied.folder == store.folder  # the same contents: still the cache
     fresh = extract_features(*args, tmp_path / "fresh", **kw)
     for (s1, x1, f1), (s2, x2, f2) in zip(store.blocks(), fresh.blocks(), strict=True):
         assert s1 == s2
@@ -439,8 +443,8 @@ def test_extraction_resumes_after_a_kill(tmp_path, monkeypatch):
 
 def test_the_feature_cache_key_follows_what_shapes_the_features(tmp_path):
     """The key changes with the landmarks, the crop settings, the image list, an image file's
-    content (size, modification time), the model's weights and input preprocessing; not
-    with a detection-only setting."""
+    content, the model's weights and input preprocessing; not with a detection-only setting,
+    nor with an image's modification time alone (a fresh copy of the same files)."""
     import dataclasses
     import os
 
@@ -480,11 +484,11 @@ def test_the_feature_cache_key_follows_what_shapes_the_features(tmp_path):
     assert key(settings=detection_only) == base  # no detection: same features
     path = image_dir / names[1]
     st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    changed["image mtime"] = key()
-    path.write_bytes(path.read_bytes() + b"\0")  # another size
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # the old mtime: size alone differs
-    changed["image size"] = key()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # copied again: same bytes
+    assert key() == base
+    path.write_bytes(path.read_bytes() + b"\0")  # other bytes
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # the old mtime: the content differs
+    changed["image content"] = key()
     path.unlink()
     changed["image missing"] = key()
     other = _small_model()

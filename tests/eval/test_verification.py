@@ -251,13 +251,21 @@ def test_pair_images_are_read_from_a_current_dataset_pack(tmp_path, caplog):
             pairs, tmp_path / "cache", never, AlignSettings(size=96), workers=0, reuse=reuse
         )
     assert f"the pack {dataset} holds every image of p.csv" in caplog.text
+    assert "settings.size: pack 112, now 96" in caplog.text  # the warning names the difference
     caplog.clear()
-    os.utime(root / "id02" / "img1.png", ns=(10**9, 10**9))  # a source changed since
+    changed = root / "id02" / "img1.png"
+    os.utime(changed, ns=(10**9, 10**9))  # copied again: a new time, the same bytes
+    copied = align_pair_images(pairs, tmp_path / "cache", never, workers=0, reuse=reuse)
+    np.testing.assert_array_equal(copied.crops, got.crops)
+    assert "not what this alignment" not in caplog.text  # still the dataset's pack, no warning
+    changed.write_bytes(changed.read_bytes() + b"\0")  # other bytes (PNG ignores the tail)
     with pytest.raises(KeyboardInterrupt):
         align_pair_images(pairs, tmp_path / "cache", never, workers=0, reuse=reuse)
-    assert "but is not used" in caplog.text and "aligned afresh into" in caplog.text
+    assert "not what this alignment would make now" in caplog.text
+    assert "1 of its 6 source files have other contents" in caplog.text
+    assert "aligned afresh into" in caplog.text
     run = align_pair_images(pairs, tmp_path / "cache", FakeDetector, workers=0, reuse=reuse)
-    np.testing.assert_array_equal(run.crops, got.crops)  # aligned afresh: the same crops
+    np.testing.assert_array_equal(run.crops, got.crops)  # aligned afresh: the same pixels
     caplog.clear()
     again = align_pair_images(pairs, tmp_path / "cache", never, workers=0, reuse=reuse)
     np.testing.assert_array_equal(again.crops, got.crops)
