@@ -326,3 +326,29 @@ def test_malloc_speed_quick_alternates_fresh_processes(tmp_path, task):
     ratio = rows["keep_freed_memory"]["median_img_s"] / rows["default"]["median_img_s"]
     assert record["ratio"] == pytest.approx(ratio)
     assert "keep_freed_memory / default" in done.stdout
+
+
+# ------------------------------------------------------------------ pack_currency
+
+
+def test_pack_currency_reads_no_file_on_the_stat_path_and_every_file_on_the_other(
+    tmp_path, monkeypatch, capsys
+):
+    import face_rec.utils.stamps as stamps
+    from face_rec.align.run import run_alignment
+
+    from .align.test_run import FakeDetector, _tree
+
+    root = _tree(tmp_path / "in", n_ids=2, per_id=3)
+    run_alignment(root, tmp_path / "pack", FakeDetector, workers=0)
+    real, read = stamps._sha256, []
+    monkeypatch.setattr(stamps, "_sha256", lambda path: read.append(path) or real(path))
+    bench = _module("pack_currency")
+    argv = ["pack_currency.py", "--pack", str(tmp_path / "pack"), "--image-dir", str(root)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--repeats", "2"])
+    bench.main()
+    assert len(read) == 2 * 6  # the content path, twice; the stat path read nothing
+    assert "pack_rows on 6 files, median of 2: stat path" in capsys.readouterr().out
+    (root / "id00" / "img0.png").write_bytes(b"other bytes")
+    with pytest.raises(SystemExit, match="is not current"):
+        bench.main()

@@ -1,0 +1,51 @@
+"""What checking a pack's currency costs: the stat path and the content path.
+
+    python benchmarks/pack_currency.py --pack packs/lfw --image-dir ../shared/data/lfw/images
+
+``face_rec.align.run.pack_rows`` as training and evaluation call it, ``--repeats`` times each,
+alternating: with the manifest's recorded stamps (every file's size and modification time
+match: nothing is read) and with them ignored, as after a fresh copy of the data (new
+modification times: every source file is read and hashed). The page cache is warm for both
+(the files were read before). Prints the machine header, the medians and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+from pathlib import Path
+from unittest import mock
+
+import face_rec.align.run as run
+from face_rec.utils.machine import benchmark_header
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--pack", type=Path, default=Path("packs/lfw"))
+    p.add_argument("--image-dir", type=Path, required=True)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    times: dict[str, list[float]] = {"stat": [], "content": []}
+    for _ in range(args.repeats):
+        for path in times:
+            unread = mock.patch.object(run, "recorded_stamps", lambda rows: {})  # none recorded
+            with unread if path == "content" else contextlib.nullcontext():
+                start = time.perf_counter()
+                rows, current = run.pack_rows(args.image_dir, args.pack)
+                times[path].append(time.perf_counter() - start)
+            if not current:
+                raise SystemExit(f"{args.pack} is not current for {args.image_dir}: align it first")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(json.dumps(benchmark_header(), indent=1))
+    print(
+        f"pack_rows on {len(rows)} files, median of {args.repeats}: stat path {med['stat']:.3f} s, "
+        f"content path {med['content']:.3f} s ({med['content'] / med['stat']:.1f}x)"
+    )
+
+
+if __name__ == "__main__":
+    main()
