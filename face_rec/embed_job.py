@@ -31,10 +31,12 @@ from face_rec.data.pack import open_images, read_manifest
 from face_rec.embedder import FaceEmbedder
 from face_rec.utils.allocator import keep_freed_memory_on
 from face_rec.utils.io import atomic_path, keyed_dir, write_json
+from face_rec.utils.stamps import content_key, recorded_file_stamps
 
 log = logging.getLogger(__name__)
 
 PARTS_DIR = ".embed_parts"
+STAMPS_NAME = "input_stamps.csv"  #: an aligned input tree's stamps (face_rec.utils.stamps)
 #: bump when a code change alters the embeddings: parts made by other code are then discarded
 EMBED_VERSION = 1
 INDEX_COLUMNS = ("source", "identity", "status", "quality", "row", "reason")
@@ -67,12 +69,12 @@ def embed_folder(
     Writes ``embeddings.npy`` ((N, D) float32, unit rows, one per embedded input),
     ``index.csv`` (one row per input: ``source, identity, status, quality, row, reason``;
     ``quality`` the feature norm, ``row`` the embeddings.npy row or -1 when failed) and
-    ``summary.json``.
+    ``summary.json``; with ``aligned``, :data:`STAMPS_NAME` (the crops' stamps).
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     start = time.perf_counter()
     if aligned:
-        rows, source_key, pack_summary = _aligned_rows(input_dir)
+        rows, source_key, pack_summary = _aligned_rows(input_dir, output_dir / STAMPS_NAME)
     else:
         rows, source_key, pack_summary = _pack_rows(input_dir, output_dir / "pack", align_kwargs)
     if not isinstance(embedder, FaceEmbedder):
@@ -213,15 +215,17 @@ def _pack_rows(
     return rows, summary["key"], {k: summary.get(k) for k in keep}
 
 
-def _aligned_rows(input_dir: Path) -> tuple[list[dict], str, dict]:
-    """The crops of an aligned ``<identity>/<crop>`` tree as rows (status decided when read)."""
+def _aligned_rows(input_dir: Path, record: Path) -> tuple[list[dict], str, dict]:
+    """The crops of an aligned ``<identity>/<crop>`` tree as rows (status decided when read),
+    and a key over their paths and contents (stamps kept in ``record`` for the next run: a
+    fresh copy of the same crops keeps the embeddings, :mod:`face_rec.utils.stamps`)."""
     files, ignored, empty = list_inputs(input_dir)
     if not files:
         raise FileNotFoundError(f"no image files under {str(input_dir)!r} (<identity>/<crop>)")
+    stamps = recorded_file_stamps(input_dir, [f.source for f in files], record)
     h = hashlib.sha256()
-    for f in files:
-        st = (input_dir / f.source).stat()
-        h.update(f"{f.source}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for src, stamp in stamps.items():
+        h.update(f"{src}\0{content_key(stamp)}\n".encode())
     rows = [{"source": f.source, "identity": f.identity, "image_index": -1} for f in files]
     return rows, h.hexdigest()[:16], {"ignored_files": ignored, "empty_identities": empty}
 

@@ -246,6 +246,17 @@ def test_aligned_crop_folders_are_embedded_without_detection(tmp_path, model):
     emb = np.load(tmp_path / "out" / "embeddings.npy")
     np.testing.assert_allclose(emb, embed_crops(model, crops[[0, 2, 1]]), rtol=1e-5, atol=1e-6)
 
+    for path in (tmp_path / "in").rglob("*.png"):  # copied again: new times, the same bytes
+        path.write_bytes(path.read_bytes())
+    copied = embed_folder(tmp_path / "in", tmp_path / "out", embedder, "m", aligned=True)
+    assert copied["key"] == summary["key"]
+    changed = tmp_path / "in" / "id1" / "c1.png"
+    changed.write_bytes(changed.read_bytes() + b"\0")  # other bytes: embedded again
+    assert (
+        embed_folder(tmp_path / "in", tmp_path / "out", embedder, "m", aligned=True)["key"]
+        != summary["key"]
+    )
+
 
 def test_embed_config_composes_and_passes_the_checker():
     from hydra import compose, initialize_config_dir

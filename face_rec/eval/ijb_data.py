@@ -48,7 +48,7 @@ from face_rec.align.run import ALIGN_VERSION, AlignSettings, crop_face
 from face_rec.data.images import ImageReadError, load_rgb
 from face_rec.eval.embed import embed_crops
 from face_rec.utils.io import atomic_path, keyed_dir
-from face_rec.utils.stamps import Stamp, content_key, file_stamps, read_stamps, write_stamps
+from face_rec.utils.stamps import Stamp, content_key, file_stamps, recorded_file_stamps
 
 log = logging.getLogger(__name__)
 
@@ -417,10 +417,7 @@ def extract_features(
         raise ValueError(f"chunk_size={chunk_size!r} must be >= 1")
     folder_digest = hashlib.sha256(str(image_dir.resolve()).encode()).hexdigest()[:12]
     record = Path(cache_dir) / f"stamps-{folder_digest}.csv"
-    known = read_stamps(record)
-    stamps = file_stamps(image_dir, names, known)
-    if stamps != {name: known.get(name) for name in names}:
-        write_stamps(record, stamps)
+    stamps = recorded_file_stamps(image_dir, names, record)
     key = features_key(
         model_identity(model), image_dir, names, landmarks, settings, chunk_size, stamps
     )

@@ -49,6 +49,18 @@ def file_stamps(
     return out
 
 
+def recorded_file_stamps(
+    root: Path, sources: Iterable[str], record: Path
+) -> dict[str, Stamp | None]:
+    """:func:`file_stamps` reusing the stamps a :func:`write_stamps` file ``record`` holds, and
+    recording them there when any was read anew (for a cache that keeps no manifest)."""
+    known = read_stamps(record)
+    stamps = file_stamps(root, sources, known)
+    if any(stamp and stamp != known.get(src) for src, stamp in stamps.items()):
+        write_stamps(record, stamps)
+    return stamps
+
+
 def content_key(stamp: Stamp | None) -> str:
     """A stamp's part in a cache key: the digest, or ``missing``."""
     return stamp.sha256 if stamp else "missing"

@@ -24,3 +24,20 @@ def test_a_file_is_read_only_when_its_size_or_time_moved(tmp_path):
     assert again.sha256 == got["a"].sha256 and again.mtime_ns == st.st_mtime_ns + 10**9
     (tmp_path / "a").write_bytes(b"abd")
     assert file_stamps(tmp_path, ["a"], known)["a"].sha256 != got["a"].sha256
+
+
+def test_a_record_keeps_the_stamps_for_the_next_check(tmp_path, monkeypatch):
+    import face_rec.utils.stamps as stamps
+
+    for name in ("a", "b"):
+        (tmp_path / name).write_bytes(name.encode())
+    real, read = stamps._sha256, []
+    monkeypatch.setattr(stamps, "_sha256", lambda path: read.append(path.name) or real(path))
+    record = tmp_path / "cache" / "stamps.csv"
+    first = stamps.recorded_file_stamps(tmp_path, ["a", "b"], record)
+    assert read == ["a", "b"] and stamps.read_stamps(record) == first
+    assert stamps.recorded_file_stamps(tmp_path, ["a", "b"], record) == first
+    assert read == ["a", "b"]  # nothing read the second time
+    (tmp_path / "b").write_bytes(b"bb")
+    assert stamps.recorded_file_stamps(tmp_path, ["a", "b"], record)["b"] != first["b"]
+    assert read == ["a", "b", "b"] and stamps.read_stamps(record)["b"].size == 2
