@@ -3,9 +3,10 @@
     python benchmarks/pack_currency.py --pack packs/lfw --image-dir ../shared/data/lfw/images
 
 ``face_rec.align.run.pack_rows`` as training and evaluation call it, ``--repeats`` times each,
-alternating: with the manifest's recorded stamps (every file's size and modification time
-match: nothing is read) and with them ignored, as after a fresh copy of the data (new
-modification times: every source file is read and hashed). The page cache is warm for both
+alternating: with the pack's record of its files' stamps (every file's size and modification
+time match: nothing is read) and with the record ignored, as at the first check after a fresh
+copy of the data (new modification times: every source file is read and hashed, and the record
+written again). The page cache is warm for both
 (the files were read before). Prints the machine header, the medians and their ratio.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from unittest import mock
 
 import face_rec.align.run as run
+import face_rec.utils.stamps as stamps
 from face_rec.utils.machine import benchmark_header
 
 
@@ -32,7 +34,7 @@ def main() -> None:
     times: dict[str, list[float]] = {"stat": [], "content": []}
     for _ in range(args.repeats):
         for path in times:
-            unread = mock.patch.object(run, "recorded_stamps", lambda rows: {})  # none recorded
+            unread = mock.patch.object(stamps, "read_stamps", lambda path: {})  # none recorded
             with unread if path == "content" else contextlib.nullcontext():
                 start = time.perf_counter()
                 rows, current = run.pack_rows(args.image_dir, args.pack)

@@ -31,7 +31,7 @@ from face_rec.data.pack import open_images, read_manifest
 from face_rec.embedder import FaceEmbedder
 from face_rec.utils.allocator import keep_freed_memory_on
 from face_rec.utils.io import atomic_path, keyed_dir, write_json
-from face_rec.utils.stamps import content_key, recorded_file_stamps
+from face_rec.utils.stamps import content_key, file_digest, recorded_file_stamps
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +196,10 @@ def embed_from_config(cfg: DictConfig) -> dict:
 
 
 def file_id(path: str | Path) -> str:
-    """A weights file's identity for resume keys: resolved path, size and modification time."""
-    path = Path(path).resolve()
-    st = path.stat()
-    return f"{path} size={st.st_size} mtime_ns={st.st_mtime_ns}"
+    """A weights file's identity for resume keys: its name and its bytes' digest (a copy of
+    the same file elsewhere is the same model)."""
+    path = Path(path)
+    return f"{path.name} sha256={file_digest(path)}"
 
 
 # ----------------------------------------------------------------------------- the rows

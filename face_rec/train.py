@@ -51,8 +51,8 @@ def seed_everything(seed: int) -> None:
 def ensure_pack(source: DictConfig, align: DictConfig) -> None:
     """Align a training source first when its pack is missing or incomplete (resumable). A
     complete pack that is not what this alignment would make now (other settings, detector,
-    code or package versions, or source files whose contents changed since) is used as it is,
-    with a warning naming the differences and how to rebuild it."""
+    code or package versions, source files whose contents changed since, or new files in the
+    folder) is used as it is, with a warning naming the differences and how to rebuild it."""
     kw = alignment_kwargs(align)
     kw["settings"] = dataclasses.replace(
         kw["settings"], fallback_face_fraction=source.fallback_face_fraction
@@ -66,6 +66,7 @@ def ensure_pack(source: DictConfig, align: DictConfig) -> None:
             kw["settings"],
             kw["detector_settings"],
             kw["chunk_size"],
+            scan=True,
         )
         if changes:
             log.warning(

@@ -341,8 +341,13 @@ def test_pack_currency_reads_no_file_on_the_stat_path_and_every_file_on_the_othe
 
     root = _tree(tmp_path / "in", n_ids=2, per_id=3)
     run_alignment(root, tmp_path / "pack", FakeDetector, workers=0)
-    real, read = stamps._sha256, []
-    monkeypatch.setattr(stamps, "_sha256", lambda path: read.append(path) or real(path))
+    real, read = stamps.file_digest, []
+    monkeypatch.setattr(stamps, "file_digest", lambda path: read.append(path) or real(path))
+    old = 10**18  # 2001: older than the record, so the record's stamps are trusted
+    for path in root.rglob("*.png"):
+        os.utime(path, ns=(old, old))
+    run_alignment(root, tmp_path / "pack", FakeDetector, workers=0)  # records the new times
+    read.clear()
     bench = _module("pack_currency")
     argv = ["pack_currency.py", "--pack", str(tmp_path / "pack"), "--image-dir", str(root)]
     monkeypatch.setattr(sys, "argv", [*argv, "--repeats", "2"])

@@ -63,13 +63,7 @@ from face_rec.data.pack import (
 )
 from face_rec.utils.io import atomic_path, keyed_dir, write_json
 from face_rec.utils.machine import machine_info
-from face_rec.utils.stamps import (
-    Stamp,
-    content_key,
-    file_stamps,
-    recorded_stamps,
-    stamp_columns,
-)
+from face_rec.utils.stamps import Stamp, content_key, recorded_file_stamps
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +78,9 @@ ALIGN_VERSION = 5
 LANDMARK_DECIMALS = 3  #: decimals of the manifest's landmarks (the crop is warped from them)
 THUMB = 112  # side of the source thumbnails kept for the fallback contact sheet
 CHUNK_SIZE = 128  #: default files per chunk (a resumable part; detected together by size)
+#: the pack's record of its source files' sizes, times and digests (face_rec.utils.stamps): a
+#: cache that saves reading unchanged files; the manifest's input_sha256 is what was aligned
+STAMPS_NAME = "stamps.csv"
 
 
 @dataclass(frozen=True)
@@ -538,8 +535,9 @@ def run_alignment(
     if not files:
         raise FileNotFoundError(f"no image files under {str(input_dir)!r} (<identity>/<image>)")
     labels = {name: i for i, name in enumerate(sorted({f.identity for f in files}))}
-    stamps = file_stamps(input_dir, (f.source for f in files), _pack_stamps(output_dir))
-    key = _resume_key(files, stamps, settings, detector_settings or {}, chunk_size)
+    stamps = recorded_file_stamps(input_dir, [f.source for f in files], output_dir / STAMPS_NAME)
+    meta = _key_meta(settings, detector_settings or {}, chunk_size)
+    key = _resume_key(meta, files, stamps)
     with _one_writer(output_dir):  # a second job on this pack waits, then finds it complete
         previous = read_summary(output_dir)
         if previous is not None and previous.get("key") == key:
@@ -560,16 +558,14 @@ def run_alignment(
         summary = _assemble(output_dir, parts, len(chunks), settings, stamps, seed, shard_size)
         summary.update(
             key=key,
-            align_version=ALIGN_VERSION,
-            chunk_size=chunk_size,
+            **meta,
             input_dir=str(input_dir),
+            listed=sources is not None,
+            limit=limit,
             n_inputs=len(files),
             n_identities=len(labels),
             ignored_files=ignored,
             empty_identities=empty,
-            settings=asdict(settings),
-            detector=detector_settings or {},
-            versions=_versions(),
             workers=_n_workers(workers),
             machine=machine_info(),  # what this_run's time was measured on
             this_run={
@@ -592,9 +588,9 @@ def current_pack(
     chunk_size: int = CHUNK_SIZE,
 ) -> list[dict] | None:
     """The manifest rows of the complete pack in ``output_dir`` when :func:`run_alignment` with
-    these arguments would leave it as it is: made from ``input_dir`` with the same settings and
-    code, and none of its files' contents changed since (a copy of the same files with new
-    modification times is current); else None."""
+    these arguments would leave it as it is: made with the same settings and code, and none of
+    its source files under ``input_dir`` changed contents since (a copy of the same files, with
+    new modification times or at another path, is current); else None."""
     rows, current = pack_rows(input_dir, output_dir, settings, detector_settings, chunk_size)
     return rows if current else None
 
@@ -606,8 +602,8 @@ def pack_rows(
     detector_settings: dict | None = None,
     chunk_size: int = CHUNK_SIZE,
 ) -> tuple[list[dict] | None, bool]:
-    """The manifest rows of the complete pack in ``output_dir`` made from ``input_dir`` (None
-    when there is none), and whether it is current as :func:`current_pack` says."""
+    """The manifest rows of the complete pack in ``output_dir`` (None when there is none), and
+    whether it is current for ``input_dir`` as :func:`current_pack` says."""
     state = _pack_state(input_dir, output_dir, settings, detector_settings, chunk_size)
     return (state[1], state[3]) if state else (None, False)
 
@@ -618,41 +614,58 @@ def pack_changes(
     settings: AlignSettings | None = None,
     detector_settings: dict | None = None,
     chunk_size: int = CHUNK_SIZE,
+    scan: bool = False,
 ) -> list[str]:
     """What differs between the complete pack in ``output_dir`` and what :func:`run_alignment`
     with these arguments would make of ``input_dir``, in words: [] when it is current (or when
-    there is no complete pack). Used to say why a pack is not used or is out of date."""
-    summary = read_summary(output_dir)
-    if summary is None:
-        return []
+    there is no complete pack). The source files it holds are checked; with ``scan``, files
+    under ``input_dir`` it does not hold too (a pack of a whole folder, within its ``limit``)."""
     state = _pack_state(input_dir, output_dir, settings, detector_settings, chunk_size)
     if state is None:
-        return [f"it was made from {summary['input_dir']}, not {input_dir}"]
-    summary, rows, stamps, current = state
-    if current:
         return []
-    wanted = {
-        "settings": asdict(settings or AlignSettings()),
-        "detector": detector_settings or {},
-        "versions": _versions(),
-    }
-    changes = []
-    for what, now in wanted.items():
-        made = summary.get(what, {})
-        differ = sorted(k for k in {*made, *now} if made.get(k) != now.get(k))
-        changes += [f"{what}.{k}: pack {made.get(k)!r}, now {now.get(k)!r}" for k in differ]
-    for what, now in (("align_version", ALIGN_VERSION), ("chunk_size", chunk_size)):
-        if summary.get(what) != now:
-            changes.append(f"{what}: pack {summary.get(what, 'not recorded')!r}, now {now!r}")
-    was = {r["source"]: r["input_sha256"] for r in rows}
-    if not any(was.values()):
+    summary, rows, stamps, current = state
+    changes = [] if current else _meta_changes(summary, settings, detector_settings, chunk_size)
+    if stamps is None:
         changes.append("it records no digests of its source files (made before face_rec did)")
-        return changes
-    counts = Counter(_file_change(was[src], stamp) for src, stamp in stamps.items())
-    changes += [
-        f"{counts[w]} of its {len(rows)} source files {w}" for w in FILE_CHANGES if counts[w]
-    ]
-    return changes or ["its key differs from these arguments' for a reason not recorded in it"]
+    elif not current:
+        was = {r["source"]: r["input_sha256"] for r in rows}
+        counts = Counter(_file_change(was[src], stamp) for src, stamp in stamps.items())
+        changes += [
+            f"{counts[w]} of its {len(rows)} source files {w}" for w in FILE_CHANGES if counts[w]
+        ]
+    if scan and summary.get("listed") is False:
+        files = list_inputs(input_dir)[0][: summary.get("limit")]
+        new = {f.source for f in files} - {r["source"] for r in rows}
+        if new:
+            changes.append(f"{len(new)} image files under {input_dir} are not in it")
+    if not current and not changes:
+        changes.append("its key differs from these arguments' for a reason not recorded in it")
+    return changes
+
+
+def _meta_changes(
+    summary: dict, settings: AlignSettings | None, detector: dict | None, chunk_size: int
+) -> list[str]:
+    """The key's settings (:func:`_key_meta`) that differ between a pack's summary and now,
+    compared as the key compares them (as JSON: 2 and 2.0 differ)."""
+
+    def same(a, b) -> bool:
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(
+            b, sort_keys=True, default=str
+        )
+
+    changes = []
+    for name, now in _key_meta(settings or AlignSettings(), detector or {}, chunk_size).items():
+        made = summary.get(name, "not recorded")
+        if isinstance(now, dict) and isinstance(made, dict):
+            changes += [
+                f"{name}.{k}: pack {made.get(k)!r}, now {now.get(k)!r}"
+                for k in sorted({*made, *now})
+                if not same(made.get(k), now.get(k))
+            ]
+        elif not same(made, now):
+            changes.append(f"{name}: pack {made!r}, now {now!r}")
+    return changes
 
 
 #: how a pack's source files can differ from what it recorded (:func:`pack_changes`)
@@ -678,19 +691,22 @@ def _pack_state(
     settings: AlignSettings | None,
     detector_settings: dict | None,
     chunk_size: int,
-) -> tuple[dict, list[dict], dict[str, Stamp | None], bool] | None:
-    """The complete pack in ``output_dir`` made from ``input_dir``: its summary, manifest rows,
-    its source files' stamps now, and whether it is current; None when there is none."""
+) -> tuple[dict, list[dict], dict[str, Stamp | None] | None, bool] | None:
+    """The complete pack in ``output_dir``: its summary, manifest rows, its source files'
+    stamps now under ``input_dir`` (None, unread, for a pack that recorded no digests: never
+    current), and whether it is current; None when there is no complete pack. The folder it
+    was made from does not count, only the files' paths below it and their contents."""
     summary = read_summary(output_dir)
-    if summary is None or Path(summary["input_dir"]).resolve() != Path(input_dir).resolve():
+    if summary is None:
         return None
     rows = read_manifest(Path(output_dir) / "manifest.csv")
+    if not any(r["input_sha256"] for r in rows):
+        return summary, rows, None, False
     files = [InputFile(r["source"], r["identity"]) for r in rows]
-    stamps = file_stamps(Path(input_dir), (f.source for f in files), recorded_stamps(rows))
-    key = _resume_key(
-        files, stamps, settings or AlignSettings(), detector_settings or {}, chunk_size
-    )
-    return summary, rows, stamps, summary["key"] == key
+    sources = [f.source for f in files]
+    stamps = recorded_file_stamps(Path(input_dir), sources, Path(output_dir) / STAMPS_NAME)
+    meta = _key_meta(settings or AlignSettings(), detector_settings or {}, chunk_size)
+    return summary, rows, stamps, summary["key"] == _resume_key(meta, files, stamps)
 
 
 def _execute(
@@ -739,7 +755,7 @@ def _assemble(
     shard_size: int = 0,
 ) -> dict:
     """Concatenate the parts in input order into the crop file(s), manifest.csv (with each
-    source file's ``stamps``) and contact sheets."""
+    source file's digest from ``stamps``) and contact sheets."""
     n_rows = 0
     for i in range(n_chunks):  # count from the small rows record, not by reading the crops
         with np.load(_part_path(parts, i)) as z:
@@ -756,7 +772,8 @@ def _assemble(
             for row in part.rows:
                 row["image_index"] = at if row["status"] != "failed" else -1
                 at += row["status"] != "failed"
-                row.update(stamp_columns(stamps[row["source"]]))
+                stamp = stamps[row["source"]]
+                row["input_sha256"] = stamp.sha256 if stamp else ""
             rows.extend(part.rows)
             yield part.crops
 
@@ -787,29 +804,27 @@ def _assemble(
     }
 
 
-def _resume_key(
-    files: list[InputFile],
-    stamps: dict[str, Stamp | None],
-    settings: AlignSettings,
-    detector: dict,
-    chunk_size: int,
-) -> str:
-    """Inputs (their paths and contents, :mod:`face_rec.utils.stamps`) and everything that
-    shapes the result. The chunk size is in it: chunks are the parts on disk, and they decide
-    which images are detected together (padded to one size)."""
+def _key_meta(settings: AlignSettings, detector: dict, chunk_size: int) -> dict:
+    """Everything but the inputs that shapes a pack (recorded in its summary). The chunk size
+    is in it: chunks are the parts on disk, and they decide which images are detected together
+    (padded to one size)."""
+    return {
+        "align_version": ALIGN_VERSION,
+        "settings": asdict(settings),
+        "detector": detector,
+        "chunk_size": chunk_size,
+        "versions": _versions(),
+    }
+
+
+def _resume_key(meta: dict, files: list[InputFile], stamps: dict[str, Stamp | None]) -> str:
+    """:func:`_key_meta`'s ``meta`` and the inputs: their paths (relative to the input folder)
+    and contents (:mod:`face_rec.utils.stamps`)."""
     h = hashlib.sha256()
-    meta = [ALIGN_VERSION, asdict(settings), detector, chunk_size, _versions()]
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for f in files:
         h.update(f"{f.source}\0{content_key(stamps[f.source])}\n".encode())
     return h.hexdigest()[:16]
-
-
-def _pack_stamps(output_dir: Path) -> dict[str, Stamp]:
-    """The stamps recorded by the complete pack in ``output_dir`` (none when there is none)."""
-    if read_summary(output_dir) is None:
-        return {}
-    return recorded_stamps(read_manifest(output_dir / "manifest.csv"))
 
 
 def _versions() -> dict[str, str]:

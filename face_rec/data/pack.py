@@ -18,7 +18,6 @@ import torch
 from torch.utils.data import Dataset
 
 from face_rec.utils.io import atomic_path
-from face_rec.utils.stamps import COLUMNS as STAMP_COLUMNS
 
 SUMMARY_NAME = "summary.json"
 MANIFEST_COLUMNS = (
@@ -35,12 +34,12 @@ MANIFEST_COLUMNS = (
     "reason",
     "outside_fraction",
     "detect_retry",
-    # the source file as it was aligned: size, modification time and content digest ('' where
-    # it was missing); the pack is current while the digests match (face_rec.utils.stamps)
-    *STAMP_COLUMNS,
+    # the SHA-256 of the source file's bytes as aligned, 16 hex digits ('' where it was
+    # missing): the pack is current while its files hold them (face_rec.utils.stamps)
+    "input_sha256",
 )
 #: manifest columns a pack made before they existed lacks; read back as '' (unknown)
-LATER_COLUMNS = ("outside_fraction", "detect_retry", *STAMP_COLUMNS)
+LATER_COLUMNS = ("outside_fraction", "detect_retry", "input_sha256")
 
 #: a set is dominated by tight crops (:func:`tight_crop_warning`) when the median crop has more
 #: than TIGHT_MEDIAN of its pixels outside its source image, or more than TIGHT_SHARE of the crops

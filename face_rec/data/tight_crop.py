@@ -55,8 +55,7 @@ from face_rec.align.run import ALIGN_VERSION, AlignSettings, detect_all
 from face_rec.data.images import ImageReadError, load_rgb
 from face_rec.data.pairs import load_pairs
 from face_rec.utils.io import atomic_path, fsync, keyed_dir, write_json
-from face_rec.utils.stamps import COLUMNS as STAMP_COLUMNS
-from face_rec.utils.stamps import Stamp, content_key, file_stamps, recorded_stamps, stamp_columns
+from face_rec.utils.stamps import Stamp, content_key, recorded_file_stamps
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +77,8 @@ COLUMNS = (
     "crop_box",
     "tight_wh",
     "lowres_wh",
-    *STAMP_COLUMNS,  # the source image as it was cropped (face_rec.utils.stamps)
 )
+STAMPS_NAME = "stamps.csv"  #: the source images' stamps, kept for the next run's key
 
 
 @dataclass(frozen=True)
@@ -294,11 +293,7 @@ def build_tight_variants(
     detection = detection_settings(align, detector_settings or {})
     summary_path = out_dir / SUMMARY
     previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    known = {}
-    if previous.get("complete"):
-        with open(out_dir / "manifest.csv", newline="") as fh:
-            known = recorded_stamps(csv.DictReader(fh))
-    stamps = file_stamps(lfw_root / "images", sources, known)
+    stamps = recorded_file_stamps(lfw_root / "images", sources, out_dir / STAMPS_NAME)
     key = _key(lfw_root, lists, stamps, settings, detection, chunk_size)
     if previous.get("complete") and previous.get("key") == key:
         log.info("%s is already complete; nothing to do", out_dir)
@@ -322,7 +317,6 @@ def build_tight_variants(
     rows = [
         r for i in range(len(chunks)) for r in json.loads((parts / f"{i:06d}.json").read_text())
     ]
-    rows = [r | stamp_columns(stamps[r["source"]]) for r in rows]
     summary = _finish(out_dir, lfw_root, lists, rows, key)
     summary.update(
         settings=asdict(settings),

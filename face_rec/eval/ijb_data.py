@@ -48,7 +48,7 @@ from face_rec.align.run import ALIGN_VERSION, AlignSettings, crop_face
 from face_rec.data.images import ImageReadError, load_rgb
 from face_rec.eval.embed import embed_crops
 from face_rec.utils.io import atomic_path, keyed_dir
-from face_rec.utils.stamps import Stamp, content_key, file_stamps, recorded_file_stamps
+from face_rec.utils.stamps import Stamp, content_key, file_digest, recorded_file_stamps
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +331,7 @@ def model_identity(model: nn.Module) -> str:
     weight and buffer, each submodule's input preprocessing (an
     :class:`~face_rec.models.preprocess.InputAdapter`'s or an ONNX model's colour order, mean
     and std: the colour order is neither a buffer nor in the repr), and a model file read
-    outside ``state_dict`` (ONNX: path, size and modification time)."""
+    outside ``state_dict`` (ONNX: its bytes' digest)."""
     h = hashlib.sha256(repr(model).encode())
     h.update(str(getattr(model, "input_size", None)).encode())
     for name, value in model.state_dict().items():
@@ -343,8 +343,7 @@ def model_identity(model: nn.Module) -> str:
             h.update(f"{name}\0preprocessing\0{preprocessing!r}".encode())
     path = getattr(model, "path", None)  # a model file read outside state_dict (ONNX)
     if path and Path(path).is_file():
-        st = Path(path).stat()
-        h.update(f"{Path(path).resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+        h.update(f"model file\0{file_digest(Path(path))}".encode())
     return h.hexdigest()
 
 
@@ -366,14 +365,12 @@ def features_key(
     landmarks: np.ndarray,
     settings: AlignSettings,
     chunk_size: int,
-    stamps: dict[str, Stamp | None] | None = None,
+    stamps: dict[str, Stamp | None],
 ) -> str:
     """Everything that shapes the stored features: the model (:func:`model_identity`), the
-    image folder, each image's name and content (``stamps``, :mod:`face_rec.utils.stamps`;
-    read from the files when not given), the landmarks (N, 5, 2), the crop settings
+    image folder, each image's name and content (its ``stamps``, :mod:`face_rec.utils.stamps`),
+    the landmarks (N, 5, 2), the crop settings
     (:func:`crop_settings`), and the chunking (which faces each chunk file holds)."""
-    if stamps is None:
-        stamps = file_stamps(Path(image_dir), names)
     h = hashlib.sha256()
     meta = [FEATURES_VERSION, ALIGN_VERSION, crop_settings(settings), model_id]
     meta += [str(Path(image_dir).resolve()), chunk_size]

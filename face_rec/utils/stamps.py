@@ -1,23 +1,32 @@
 """What a cache key says about an input file: its content, not its modification time.
 
 A file's stamp carries the SHA-256 of its bytes, so a copy of the same data (a dataset copied or
-unpacked again: new modification times) keeps every pack and cache made from it, and a file whose
-bytes changed does not. Reading every file at each check would be slow for large sets, so a
-caller passes the stamps it recorded before: a file whose size and modification time are those
-recorded keeps its recorded digest unread, as git's index does; only the others are read.
+unpacked again, at the same path or another: new modification times) keeps every pack and cache
+made from it, and a file whose bytes changed does not. Reading every file at each check would be
+slow for large sets, so each cache keeps a record of the stamps it last saw
+(:func:`recorded_file_stamps`): a file whose size and modification time are those recorded keeps
+its recorded digest unread, as git's index does; only the others are read, and the record is
+brought up to date, so a fresh copy is read once. As in git, a file rewritten with the same size
+within the file system's time resolution of the record could keep a stale digest; stamps whose
+time is within :data:`RACY_NS` of the record's are therefore read again.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from face_rec.utils.io import atomic_path
+
+log = logging.getLogger(__name__)
+
 DIGEST_CHARS = 16  #: hex digits of the SHA-256 kept (64 bits)
-#: the manifest columns that record a source file's stamp ('' where it was missing)
-COLUMNS = ("input_size", "input_mtime_ns", "input_sha256")
+RACY_NS = 2 * 10**9  #: a recorded stamp this close to its record's own time is not trusted
+_FIELDS = ("source", "size", "mtime_ns", "sha256")
 _BLOCK = 1 << 20
 
 
@@ -36,6 +45,8 @@ def file_stamps(
     known = known or {}
     out: dict[str, Stamp | None] = {}
     for src in sources:
+        if src in out:
+            continue
         path = root / src
         try:
             st = path.stat()
@@ -43,7 +54,7 @@ def file_stamps(
             if before and (before.size, before.mtime_ns) == (st.st_size, st.st_mtime_ns):
                 out[src] = before
                 continue
-            out[src] = Stamp(st.st_size, st.st_mtime_ns, _sha256(path))
+            out[src] = Stamp(st.st_size, st.st_mtime_ns, file_digest(path))
         except OSError:
             out[src] = None
     return out
@@ -52,12 +63,15 @@ def file_stamps(
 def recorded_file_stamps(
     root: Path, sources: Iterable[str], record: Path
 ) -> dict[str, Stamp | None]:
-    """:func:`file_stamps` reusing the stamps a :func:`write_stamps` file ``record`` holds, and
-    recording them there when any was read anew (for a cache that keeps no manifest)."""
+    """:func:`file_stamps` reusing the stamps kept in the CSV file ``record``, which is then
+    brought up to date (atomically; where it cannot be written, the next check reads again)."""
     known = read_stamps(record)
     stamps = file_stamps(root, sources, known)
     if any(stamp and stamp != known.get(src) for src, stamp in stamps.items()):
-        write_stamps(record, stamps)
+        try:
+            write_stamps(record, {**known, **{s: st for s, st in stamps.items() if st}})
+        except OSError as e:
+            log.debug("stamps not recorded in %s: %s", record, e)
     return stamps
 
 
@@ -66,41 +80,29 @@ def content_key(stamp: Stamp | None) -> str:
     return stamp.sha256 if stamp else "missing"
 
 
-def stamp_columns(stamp: Stamp | None) -> dict[str, int | str]:
-    """A stamp as a manifest row's :data:`COLUMNS`."""
-    values = (stamp.size, stamp.mtime_ns, stamp.sha256) if stamp else ("", "", "")
-    return dict(zip(COLUMNS, values, strict=True))
-
-
-def recorded_stamps(rows: Iterable[Mapping[str, str]]) -> dict[str, Stamp]:
-    """The stamps manifest rows (``source`` and :data:`COLUMNS`) recorded, by source; rows
-    without one (a file missing then, or a manifest made before the columns) give none."""
-    return {
-        r["source"]: Stamp(int(r["input_size"]), int(r["input_mtime_ns"]), r["input_sha256"])
-        for r in rows
-        if r.get("input_sha256")
-    }
-
-
 def read_stamps(path: Path) -> dict[str, Stamp]:
-    """The stamps a :func:`write_stamps` file holds (none when there is no such file)."""
-    if not path.is_file():
+    """The stamps a :func:`write_stamps` file holds (none when there is no such file), less
+    those too close to the file's own modification time to be trusted (:data:`RACY_NS`)."""
+    try:
+        written = path.stat().st_mtime_ns
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except FileNotFoundError:
         return {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        return recorded_stamps(csv.DictReader(fh))
+    stamps = {r["source"]: Stamp(int(r["size"]), int(r["mtime_ns"]), r["sha256"]) for r in rows}
+    return {src: s for src, s in stamps.items() if s.mtime_ns < written - RACY_NS}
 
 
-def write_stamps(path: Path, stamps: Mapping[str, Stamp | None]) -> None:
-    """Record ``stamps`` (source -> stamp) as CSV, atomically, for later checks to reuse."""
-    from face_rec.utils.io import atomic_path
-
+def write_stamps(path: Path, stamps: Mapping[str, Stamp]) -> None:
+    """Record ``stamps`` (source -> stamp) as CSV, atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=("source", *COLUMNS))
-        writer.writeheader()
-        writer.writerows({"source": src, **stamp_columns(st)} for src, st in stamps.items() if st)
+        writer = csv.writer(fh)
+        writer.writerow(_FIELDS)
+        writer.writerows((src, s.size, s.mtime_ns, s.sha256) for src, s in stamps.items())
 
 
-def _sha256(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """The first :data:`DIGEST_CHARS` hex digits of the SHA-256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(_BLOCK):

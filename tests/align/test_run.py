@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import time
 
 import numpy as np
 import pytest
@@ -267,62 +269,81 @@ def test_a_second_job_on_the_same_pack_waits_for_the_first_then_finds_it_complet
     assert read_summary(pack)["n_images"] == 4
 
 
-def test_a_copy_of_the_same_files_keeps_the_pack_and_other_contents_do_not(tmp_path):
-    """Currency is the source files' contents: writing the same bytes again (a fresh copy of
-    the data: new modification times) leaves the pack current; other bytes, a missing file or
-    other settings do not, and pack_changes says which."""
+def test_a_copy_of_the_same_files_keeps_the_pack_and_other_contents_do_not(tmp_path, monkeypatch):
+    """Currency is the source files' contents: the same bytes written again (a fresh copy of
+    the data: new modification times), or copied to another folder, leave the pack current
+    and are read once; other bytes, a missing file or other settings do not, and
+    pack_changes says which."""
     import hashlib
+    import shutil
 
+    import face_rec.utils.stamps as stamps
     from face_rec.align.run import current_pack, pack_changes
 
     root = _tree(tmp_path / "in", n_ids=2, per_id=3)
     pack = tmp_path / "pack"
     first = run_alignment(root, pack, FakeDetector, workers=0)
-    rows = read_manifest(pack / "manifest.csv")
-    for row in rows:
-        data = (root / row["source"]).read_bytes()
-        assert row["input_sha256"] == hashlib.sha256(data).hexdigest()[:16]
-        assert int(row["input_size"]) == len(data)
-    for path in sorted(root.rglob("*.png")):  # copied again: same bytes, new times
+    for row in read_manifest(pack / "manifest.csv"):
+        digest = hashlib.sha256((root / row["source"]).read_bytes()).hexdigest()[:16]
+        assert row["input_sha256"] == digest
+    real, read = stamps.file_digest, []
+    monkeypatch.setattr(stamps, "file_digest", lambda path: read.append(path) or real(path))
+    old = time.time_ns() - 60 * 10**9  # copied again a minute ago: same bytes, new times
+    for path in sorted(root.rglob("*.png")):
         path.write_bytes(path.read_bytes())
-    assert int(rows[0]["input_mtime_ns"]) != (root / rows[0]["source"]).stat().st_mtime_ns
+        os.utime(path, ns=(old, old))
     assert current_pack(root, pack) is not None and pack_changes(root, pack) == []
+    assert len(read) == 6  # read once, then recorded with their new times
     again = run_alignment(root, pack, _interrupting(0), workers=0)  # would raise if it aligned
-    assert again["key"] == first["key"]
+    assert again["key"] == first["key"] and len(read) == 6
+    elsewhere = shutil.copytree(root, tmp_path / "copy")  # another folder: the same files
+    assert run_alignment(elsewhere, pack, _interrupting(0), workers=0)["key"] == first["key"]
+    assert current_pack(elsewhere, pack) is not None
 
     assert pack_changes(root, pack, AlignSettings(size=96)) == ["settings.size: pack 112, now 96"]
+    assert pack_changes(root, pack, AlignSettings(retry_upscale=2)) == [  # the key's JSON: 2 != 2.0
+        "settings.retry_upscale: pack 2.0, now 2"
+    ]
     assert pack_changes(root, pack, chunk_size=7) == ["chunk_size: pack 128, now 7"]
     changed = root / "id01" / "img2.png"
-    img = np.array(Image.open(changed))
-    img[0, 0] = 255 - img[0, 0]
-    _write(changed, img)
+    changed.write_bytes(changed.read_bytes() + b"\0")  # other bytes (PNG ignores the tail)
     (root / "id00" / "img0.png").unlink()
+    _write(root / "id02" / "img0.png", np.full((64, 64, 3), 200, np.uint8))  # a new file
     assert current_pack(root, pack) is None
     assert pack_changes(root, pack) == [
         "1 of its 6 source files have other contents than when they were aligned",
         "1 of its 6 source files are gone",
     ]
+    assert pack_changes(root, pack, scan=True)[-1] == f"1 image files under {root} are not in it"
     with pytest.raises(KeyboardInterrupt):  # not current: aligned again
         run_alignment(root, pack, _interrupting(0), workers=0)
 
 
-def test_a_pack_without_digests_is_not_current_and_says_why(tmp_path):
-    """A pack made before the manifest recorded its source files' digests (another key) is
-    not current, and pack_changes says why rather than counting every file as changed."""
+def test_a_pack_without_digests_is_not_current_and_nothing_is_read(tmp_path, monkeypatch):
+    """A pack made before the manifest recorded its source files' digests (its manifest lacks
+    the column, its key is another formula's) is not current, no file is read to say so, and
+    pack_changes says why rather than counting every file as changed."""
     import json
 
+    import face_rec.utils.stamps as stamps
     from face_rec.align.run import current_pack, pack_changes
-    from face_rec.data.pack import write_manifest
+    from face_rec.data.pack import LATER_COLUMNS
 
     root = _tree(tmp_path / "in", n_ids=2, per_id=2)
     pack = tmp_path / "pack"
     run_alignment(root, pack, FakeDetector, workers=0)
     rows = read_manifest(pack / "manifest.csv")
-    write_manifest(pack / "manifest.csv", [r | {"input_sha256": ""} for r in rows])
+    columns = [c for c in rows[0] if c not in LATER_COLUMNS]
+    with open(pack / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    (pack / "stamps.csv").unlink()
     summary = json.loads((pack / "summary.json").read_text())
     for key in ("align_version", "chunk_size"):
         del summary[key]
     (pack / "summary.json").write_text(json.dumps(summary | {"key": "made-by-older-code"}))
+    monkeypatch.setattr(stamps, "file_digest", lambda path: pytest.fail(f"read {path}"))
     assert current_pack(root, pack) is None
     assert pack_changes(root, pack) == [
         f"align_version: pack 'not recorded', now {ALIGN_VERSION}",

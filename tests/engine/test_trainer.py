@@ -415,34 +415,37 @@ def test_a_run_that_finishes_after_a_failure_drops_its_error_file(pack, tmp_path
     assert read_run(out).status == "ok"
 
 
-def test_training_warns_when_its_pack_is_not_what_aligning_would_make_now(tmp_path, caplog):
-    """The pack's currency is the evaluation's (face_rec.align.run.pack_changes): a fresh copy
-    of the same files is current and trains silently; other bytes in a source file train on
-    the pack as it is, with a warning that says what changed, and do not re-align it."""
-    import dataclasses
-
-    from face_rec.align.cli import alignment_kwargs
+def test_training_warns_when_its_pack_is_not_what_aligning_would_make_now(
+    tmp_path, caplog, monkeypatch
+):
+    """The pack's currency is the evaluation's (face_rec.align.run.pack_changes). A pack that
+    ``python align.py data=lfw`` made trains silently, also after a fresh copy of the same
+    files; other bytes in a source file train on the pack as it is, with a warning that says
+    what changed, and do not re-align it."""
+    import face_rec.align.cli as align_cli
     from face_rec.train import ensure_pack
 
-    root = _tree(tmp_path / "in", n_ids=3, per_id=2)
-    pack = tmp_path / "pack"
-    cfg = _cfg(pack, tmp_path, f"train_data.sources.lfw.image_dir={root}")
-    source = cfg.train_data.sources.lfw
-    kw = alignment_kwargs(cfg.align)  # the alignment ensure_pack would run, with a fake detector
-    kw["settings"] = dataclasses.replace(
-        kw["settings"], fallback_face_fraction=source.fallback_face_fraction
-    )
-    kw["detector_settings"]["min_face_size"] = source.min_face_size
-    kw["make_detector"] = FakeDetector
-    run_alignment(root, pack, **kw | {"workers": 0})
+    real = align_cli.alignment_kwargs
+
+    def fake_detector(align):  # align.py's settings, with a detector that needs no weights
+        return real(align) | {"make_detector": lambda **kw: FakeDetector(), "workers": 0}
+
+    monkeypatch.setattr(align_cli, "alignment_kwargs", fake_detector)
+    root = _tree(tmp_path / "data" / "lfw" / "images", n_ids=3, per_id=2)
+    paths = [f"paths.data_dir={tmp_path}/data", f"paths.pack_dir={tmp_path}/packs"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        align_cli.align_from_config(compose("align", overrides=["data=lfw", *paths]))
+    pack = tmp_path / "packs" / "lfw"
     made = (pack / "images.npy").read_bytes()
+    cfg = _cfg(None, tmp_path, *paths)
+    ensure_pack(cfg.train_data.sources.lfw, cfg.align)
     for path in root.rglob("*.png"):
         path.write_bytes(path.read_bytes())  # copied again
-    ensure_pack(source, cfg.align)
+    ensure_pack(cfg.train_data.sources.lfw, cfg.align)
     assert "training pack" not in caplog.text
     changed = root / "id01" / "img0.png"
     changed.write_bytes(changed.read_bytes() + b"\0")
-    ensure_pack(source, cfg.align)
+    ensure_pack(cfg.train_data.sources.lfw, cfg.align)
     assert f"training pack {pack} is not what aligning {root} would make now" in caplog.text
     assert "1 of its 6 source files have other contents" in caplog.text
     assert "training on it as it is" in caplog.text

@@ -449,6 +449,7 @@ def test_the_feature_cache_key_follows_what_shapes_the_features(tmp_path):
     import os
 
     from face_rec.models.preprocess import InputAdapter, Preprocessing
+    from face_rec.utils.stamps import file_stamps
 
     root = _image_tree(tmp_path, 4)
     meta = read_meta(root, "IJBC")
@@ -458,7 +459,8 @@ def test_the_feature_cache_key_follows_what_shapes_the_features(tmp_path):
     settings = AlignSettings()
 
     def key(model_id=mid, names=names, lm=lm, settings=settings, chunk=4):
-        return features_key(model_id, image_dir, names, lm, settings, chunk)
+        stamps = file_stamps(image_dir, names)
+        return features_key(model_id, image_dir, names, lm, settings, chunk, stamps)
 
     base = key()
     assert key() == base  # deterministic
@@ -486,8 +488,10 @@ def test_the_feature_cache_key_follows_what_shapes_the_features(tmp_path):
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # copied again: same bytes
     assert key() == base
-    path.write_bytes(path.read_bytes() + b"\0")  # other bytes
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # the old mtime: the content differs
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # other bytes, the same size
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the old time: only the content
     changed["image content"] = key()
     path.unlink()
     changed["image missing"] = key()
