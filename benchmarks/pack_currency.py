@@ -2,7 +2,8 @@
 
     python benchmarks/pack_currency.py --pack packs/lfw --image-dir ../shared/data/lfw/images
 
-``face_rec.align.run.pack_rows`` as training and evaluation call it, ``--repeats`` times each,
+``face_rec.align.run.pack_rows`` as training and evaluation call it (with the settings the pack
+records), ``--repeats`` times each,
 alternating: with the pack's record of its files' stamps (every file's size and modification
 time match: nothing is read) and with the record ignored, as at the first check after a fresh
 copy of the data (new modification times: every source file is read and hashed, and the record
@@ -22,6 +23,8 @@ from unittest import mock
 
 import face_rec.align.run as run
 import face_rec.utils.stamps as stamps
+from face_rec.align.run import AlignSettings
+from face_rec.data.pack import read_summary
 from face_rec.utils.machine import benchmark_header
 
 
@@ -31,13 +34,17 @@ def main() -> None:
     p.add_argument("--image-dir", type=Path, required=True)
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
+    summary = read_summary(args.pack)
+    if summary is None:
+        raise SystemExit(f"no complete pack in {args.pack}")
+    made = (AlignSettings(**summary["settings"]), summary["detector"], summary["chunk_size"])
     times: dict[str, list[float]] = {"stat": [], "content": []}
     for _ in range(args.repeats):
         for path in times:
             unread = mock.patch.object(stamps, "read_stamps", lambda path: {})  # none recorded
             with unread if path == "content" else contextlib.nullcontext():
                 start = time.perf_counter()
-                rows, current = run.pack_rows(args.image_dir, args.pack)
+                rows, current = run.pack_rows(args.image_dir, args.pack, *made)
                 times[path].append(time.perf_counter() - start)
             if not current:
                 raise SystemExit(f"{args.pack} is not current for {args.image_dir}: align it first")

@@ -335,18 +335,19 @@ def test_pack_currency_reads_no_file_on_the_stat_path_and_every_file_on_the_othe
     tmp_path, monkeypatch, capsys
 ):
     import face_rec.utils.stamps as stamps
-    from face_rec.align.run import run_alignment
+    from face_rec.align.run import AlignSettings, run_alignment
 
     from .align.test_run import FakeDetector, _tree
 
     root = _tree(tmp_path / "in", n_ids=2, per_id=3)
-    run_alignment(root, tmp_path / "pack", FakeDetector, workers=0)
+    made = {"settings": AlignSettings(size=64), "detector_settings": {"min_face_size": 20}}
+    run_alignment(root, tmp_path / "pack", FakeDetector, workers=0, **made)
     real, read = stamps.file_digest, []
     monkeypatch.setattr(stamps, "file_digest", lambda path: read.append(path) or real(path))
     old = 10**18  # 2001: older than the record, so the record's stamps are trusted
     for path in root.rglob("*.png"):
         os.utime(path, ns=(old, old))
-    run_alignment(root, tmp_path / "pack", FakeDetector, workers=0)  # records the new times
+    run_alignment(root, tmp_path / "pack", FakeDetector, workers=0, **made)  # the new times
     read.clear()
     bench = _module("pack_currency")
     argv = ["pack_currency.py", "--pack", str(tmp_path / "pack"), "--image-dir", str(root)]

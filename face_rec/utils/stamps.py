@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +45,13 @@ def file_stamps(
     ``known`` stamps are reused where the file's size and modification time still match."""
     known = known or {}
     out: dict[str, Stamp | None] = {}
+    base = os.fspath(root)
     for src in sources:
         if src in out:
             continue
-        path = root / src
+        path = os.path.join(base, src)  # not pathlib: a third of the time for 13,000 files
         try:
-            st = path.stat()
+            st = os.stat(path)
             before = known.get(src)
             if before and (before.size, before.mtime_ns) == (st.st_size, st.st_mtime_ns):
                 out[src] = before
@@ -101,7 +103,7 @@ def write_stamps(path: Path, stamps: Mapping[str, Stamp]) -> None:
         writer.writerows((src, s.size, s.mtime_ns, s.sha256) for src, s in stamps.items())
 
 
-def file_digest(path: Path) -> str:
+def file_digest(path: str | Path) -> str:
     """The first :data:`DIGEST_CHARS` hex digits of the SHA-256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:

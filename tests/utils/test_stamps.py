@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from pathlib import Path
 
 import face_rec.utils.stamps as stamps
 from face_rec.utils.stamps import Stamp, content_key, file_stamps
@@ -18,7 +19,9 @@ def _aged(path, seconds=60):
 
 def _counting(monkeypatch) -> list[str]:
     real, read = stamps.file_digest, []
-    monkeypatch.setattr(stamps, "file_digest", lambda path: read.append(path.name) or real(path))
+    monkeypatch.setattr(
+        stamps, "file_digest", lambda path: read.append(Path(path).name) or real(path)
+    )
     return read
 
 
