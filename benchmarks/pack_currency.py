@@ -35,8 +35,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     summary = read_summary(args.pack)
-    if summary is None:
-        raise SystemExit(f"no complete pack in {args.pack}")
+    if summary is None or "chunk_size" not in summary:
+        raise SystemExit(
+            f"no complete pack of today's format in {args.pack}: run python align.py for it"
+        )
     made = (AlignSettings(**summary["settings"]), summary["detector"], summary["chunk_size"])
     times: dict[str, list[float]] = {"stat": [], "content": []}
     for _ in range(args.repeats):

@@ -37,7 +37,7 @@ from face_rec.models.partial_fc import PartialFC
 from face_rec.utils.allocator import keep_freed_memory_on
 from face_rec.utils.checkpoint import load_checkpoint
 from face_rec.utils.io import write_json
-from face_rec.utils.machine import machine_info
+from face_rec.utils.machine import code_commit, machine_info
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,14 @@ def ensure_pack(source: DictConfig, align: DictConfig) -> None:
     kw["make_detector"] = functools.partial(kw["make_detector"], min_face_size=source.min_face_size)
     kw["detector_settings"]["min_face_size"] = source.min_face_size
     if read_summary(source.pack_dir) is not None:
+        if not Path(source.image_dir).is_dir():
+            log.info(
+                "training on the pack %s; its source folder %s is absent, so whether its images "
+                "changed since is not checked",
+                source.pack_dir,
+                source.image_dir,
+            )
+            return
         changes = pack_changes(
             source.image_dir,
             source.pack_dir,
@@ -506,6 +514,7 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
             "compiled": trainer.compiled,
         },
         "machine": machine_info(trainer.device),  # what wall_time_s and images_per_s ran on
+        "commit": code_commit(),  # the code that trained (git; "+dirty" with local changes)
     }
     if info.world_size > 1:  # a replica that drifted would show here
         digests = D.all_gather_objects(_weights_digest(trainer.model))

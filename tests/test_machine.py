@@ -26,3 +26,20 @@ def test_pack_summary_records_the_machine(tmp_path):
         _tree(tmp_path / "in", n_ids=2, per_id=2), tmp_path / "p", FakeDetector, workers=0
     )
     _expected(summary["machine"])
+
+
+def test_training_metrics_record_the_machine_and_the_commit(tiny, tmp_path):
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    from face_rec.train import train_from_config
+    from face_rec.utils.machine import code_commit
+
+    from .conftest import REPO, tiny_args
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        train_from_config(compose("train", overrides=tiny_args(tiny)), tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    _expected(metrics["machine"])
+    assert metrics["commit"] == code_commit()  # this checkout's HEAD (None outside git)

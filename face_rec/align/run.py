@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -601,10 +601,12 @@ def pack_rows(
     settings: AlignSettings | None = None,
     detector_settings: dict | None = None,
     chunk_size: int = CHUNK_SIZE,
+    required: Collection[str] | None = None,
 ) -> tuple[list[dict] | None, bool]:
     """The manifest rows of the complete pack in ``output_dir`` (None when there is none), and
-    whether it is current for ``input_dir`` as :func:`current_pack` says."""
-    state = _pack_state(input_dir, output_dir, settings, detector_settings, chunk_size)
+    whether it is current for ``input_dir`` as :func:`current_pack` says. With ``required``
+    (sources), a pack that lacks one of them is not current, and no file is read to say so."""
+    state = _pack_state(input_dir, output_dir, settings, detector_settings, chunk_size, required)
     return (state[1], state[3]) if state else (None, False)
 
 
@@ -620,6 +622,10 @@ def pack_changes(
     with these arguments would make of ``input_dir``, in words: [] when it is current (or when
     there is no complete pack). The source files it holds are checked; with ``scan``, files
     under ``input_dir`` it does not hold too (a pack of a whole folder, within its ``limit``)."""
+    if read_summary(output_dir) is None:
+        return []
+    if not Path(input_dir).is_dir():
+        return [f"its source folder {input_dir} is absent, so its files were not checked"]
     state = _pack_state(input_dir, output_dir, settings, detector_settings, chunk_size)
     if state is None:
         return []
@@ -691,16 +697,19 @@ def _pack_state(
     settings: AlignSettings | None,
     detector_settings: dict | None,
     chunk_size: int,
+    required: Collection[str] | None = None,
 ) -> tuple[dict, list[dict], dict[str, Stamp | None] | None, bool] | None:
     """The complete pack in ``output_dir``: its summary, manifest rows, its source files'
     stamps now under ``input_dir`` (None, unread, for a pack that recorded no digests: never
     current), and whether it is current; None when there is no complete pack. The folder it
-    was made from does not count, only the files' paths below it and their contents."""
+    was made from does not count, only the files' paths below it and their contents. A pack
+    that lacks a ``required`` source is not current, unread."""
     summary = read_summary(output_dir)
     if summary is None:
         return None
     rows = read_manifest(Path(output_dir) / "manifest.csv")
-    if not any(r["input_sha256"] for r in rows):
+    held = {r["source"] for r in rows}
+    if not any(r["input_sha256"] for r in rows) or not held.issuperset(required or ()):
         return summary, rows, None, False
     files = [InputFile(r["source"], r["identity"]) for r in rows]
     sources = [f.source for f in files]

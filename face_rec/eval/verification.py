@@ -64,10 +64,12 @@ def align_pair_images(
     """Align the unique images of ``pairs`` through the alignment stage, cached on disk
     (``options``: more :func:`~face_rec.align.run.run_alignment` arguments, e.g. chunk_size).
 
-    A pack among ``reuse`` (e.g. ``packs/lfw``) that holds every pair image, made from the same
-    image root with the same settings and with no file changed since, is read instead of
-    aligning again. Otherwise the cache pack is keyed by the image root and the image list; the
-    alignment job's own resume key covers the settings, so a second evaluation does no detection.
+    A pack among ``reuse`` (e.g. ``packs/lfw``) that holds every pair image and is current for
+    the pairs' image root (the same settings; the files' contents as aligned, wherever the copy
+    lies, :func:`~face_rec.align.run.current_pack`) is read instead of aligning again. Otherwise
+    the cache pack is keyed by the image root's path and the image list (a copy of the images
+    at another path gets its own cache); the alignment job's own resume key covers the settings
+    and contents, so a second evaluation does no detection.
     """
     if pairs.crops is not None:  # .bin: already aligned
         n = len(pairs.crops)
@@ -110,7 +112,9 @@ def align_images(
     chunk_size = options.get("chunk_size", CHUNK_SIZE)
     pack, rows, stale = None, {}, None
     for candidate in reuse:
-        manifest, current = pack_rows(root, candidate, settings, detector_settings, chunk_size)
+        manifest, current = pack_rows(
+            root, candidate, settings, detector_settings, chunk_size, required=sources
+        )
         rows = {r["source"]: r for r in manifest or []}
         if manifest and all(src in rows for src in sources):
             if current:

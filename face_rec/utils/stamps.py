@@ -4,11 +4,13 @@ A file's stamp carries the SHA-256 of its bytes, so a copy of the same data (a d
 unpacked again, at the same path or another: new modification times) keeps every pack and cache
 made from it, and a file whose bytes changed does not. Reading every file at each check would be
 slow for large sets, so each cache keeps a record of the stamps it last saw
-(:func:`recorded_file_stamps`): a file whose size and modification time are those recorded keeps
-its recorded digest unread, as git's index does; only the others are read, and the record is
-brought up to date, so a fresh copy is read once. As in git, a file rewritten with the same size
-within the file system's time resolution of the record could keep a stale digest; stamps whose
-time is within :data:`RACY_NS` of the record's are therefore read again.
+(:func:`recorded_file_stamps`): a file whose size, modification and status-change times and
+inode are those recorded keeps its recorded digest unread, as git's index does (a rewrite that
+restores the old modification time still moves the status-change time); only the others are
+read, and the record is brought up to date, so a fresh copy is read once. As in git, a file
+rewritten with the same size within the file system's time resolution of the record could keep
+a stale digest; stamps whose modification time is within :data:`RACY_NS` of the record's are
+therefore read again.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 
 DIGEST_CHARS = 16  #: hex digits of the SHA-256 kept (64 bits)
 RACY_NS = 2 * 10**9  #: a recorded stamp this close to its record's own time is not trusted
-_FIELDS = ("source", "size", "mtime_ns", "sha256")
+_FIELDS = ("source", "size", "mtime_ns", "ctime_ns", "ino", "sha256")
 _BLOCK = 1 << 20
 
 
@@ -35,14 +37,25 @@ _BLOCK = 1 << 20
 class Stamp:
     size: int
     mtime_ns: int
+    ctime_ns: int
+    ino: int
     sha256: str  #: the first DIGEST_CHARS hex digits of the SHA-256 of the file's bytes
+
+    def same_file_state(self, st: os.stat_result) -> bool:
+        """Whether ``st`` shows the file as this stamp saw it (then its digest holds)."""
+        return (self.size, self.mtime_ns, self.ctime_ns, self.ino) == (
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            st.st_ino,
+        )
 
 
 def file_stamps(
     root: Path, sources: Iterable[str], known: Mapping[str, Stamp] | None = None
 ) -> dict[str, Stamp | None]:
     """The stamp of each file ``root / source`` (None where it is missing or unreadable);
-    ``known`` stamps are reused where the file's size and modification time still match."""
+    ``known`` stamps are reused where :meth:`Stamp.same_file_state` holds."""
     known = known or {}
     out: dict[str, Stamp | None] = {}
     base = os.fspath(root)
@@ -53,10 +66,11 @@ def file_stamps(
         try:
             st = os.stat(path)
             before = known.get(src)
-            if before and (before.size, before.mtime_ns) == (st.st_size, st.st_mtime_ns):
+            if before and before.same_file_state(st):
                 out[src] = before
                 continue
-            out[src] = Stamp(st.st_size, st.st_mtime_ns, file_digest(path))
+            digest = file_digest(path)
+            out[src] = Stamp(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, digest)
         except OSError:
             out[src] = None
     return out
@@ -66,14 +80,20 @@ def recorded_file_stamps(
     root: Path, sources: Iterable[str], record: Path
 ) -> dict[str, Stamp | None]:
     """:func:`file_stamps` reusing the stamps kept in the CSV file ``record``, which is then
-    brought up to date (atomically; where it cannot be written, the next check reads again)."""
+    brought up to date (atomically; where it cannot be written, a warning says that later checks
+    will read the files again)."""
     known = read_stamps(record)
     stamps = file_stamps(root, sources, known)
     if any(stamp and stamp != known.get(src) for src, stamp in stamps.items()):
         try:
             write_stamps(record, {**known, **{s: st for s, st in stamps.items() if st}})
         except OSError as e:
-            log.debug("stamps not recorded in %s: %s", record, e)
+            log.warning(
+                "could not record the files' stamps in %s (%s): each later check reads every "
+                "changed file again; make the folder writable to avoid that",
+                record,
+                e,
+            )
     return stamps
 
 
@@ -83,15 +103,29 @@ def content_key(stamp: Stamp | None) -> str:
 
 
 def read_stamps(path: Path) -> dict[str, Stamp]:
-    """The stamps a :func:`write_stamps` file holds (none when there is no such file), less
-    those too close to the file's own modification time to be trusted (:data:`RACY_NS`)."""
+    """The stamps a :func:`write_stamps` file holds, less those too close to the file's own
+    modification time to be trusted (:data:`RACY_NS`); none when there is no such file or it
+    cannot be read as one (it is a cache: the files are then read again)."""
     try:
         written = path.stat().st_mtime_ns
         with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
+            stamps = {
+                r["source"]: Stamp(
+                    int(r["size"]),
+                    int(r["mtime_ns"]),
+                    int(r["ctime_ns"]),
+                    int(r["ino"]),
+                    r["sha256"],
+                )
+                for r in csv.DictReader(fh)
+            }
     except FileNotFoundError:
         return {}
-    stamps = {r["source"]: Stamp(int(r["size"]), int(r["mtime_ns"]), r["sha256"]) for r in rows}
+    except (OSError, ValueError, KeyError, TypeError, csv.Error) as e:
+        log.warning(
+            "ignoring the unreadable stamp record %s (%s): the files are read again", path, e
+        )
+        return {}
     return {src: s for src, s in stamps.items() if s.mtime_ns < written - RACY_NS}
 
 
@@ -100,7 +134,9 @@ def write_stamps(path: Path, stamps: Mapping[str, Stamp]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(_FIELDS)
-        writer.writerows((src, s.size, s.mtime_ns, s.sha256) for src, s in stamps.items())
+        writer.writerows(
+            (src, s.size, s.mtime_ns, s.ctime_ns, s.ino, s.sha256) for src, s in stamps.items()
+        )
 
 
 def file_digest(path: str | Path) -> str:

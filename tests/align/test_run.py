@@ -278,7 +278,7 @@ def test_a_copy_of_the_same_files_keeps_the_pack_and_other_contents_do_not(tmp_p
     import shutil
 
     import face_rec.utils.stamps as stamps
-    from face_rec.align.run import current_pack, pack_changes
+    from face_rec.align.run import current_pack, pack_changes, pack_rows
 
     root = _tree(tmp_path / "in", n_ids=2, per_id=3)
     pack = tmp_path / "pack"
@@ -315,6 +315,12 @@ def test_a_copy_of_the_same_files_keeps_the_pack_and_other_contents_do_not(tmp_p
         "1 of its 6 source files are gone",
     ]
     assert pack_changes(root, pack, scan=True)[-1] == f"1 image files under {root} are not in it"
+    assert pack_changes(tmp_path / "absent", pack) == [
+        f"its source folder {tmp_path / 'absent'} is absent, so its files were not checked"
+    ]
+    read.clear()
+    rows, current = pack_rows(root, pack, required=["id00/img1.png", "not/in_it.png"])
+    assert rows is not None and not current and not read  # lacks a source: nothing read
     with pytest.raises(KeyboardInterrupt):  # not current: aligned again
         run_alignment(root, pack, _interrupting(0), workers=0)
 

@@ -334,13 +334,14 @@ def test_channels_last_is_off_where_torch_cpu_would_corrupt_memory(pack, tmp_pat
 
 
 def test_a_pack_aligned_with_other_settings_is_named_in_a_warning(pack, tmp_path, caplog):
-    cfg = _cfg(pack, tmp_path, "align.settings.border=replicate", "trainer.max_steps=1")
+    images = f"train_data.sources.lfw.image_dir={pack.parent / 'in'}"  # the pack's own images
+    cfg = _cfg(pack, tmp_path, images, "align.settings.border=replicate", "trainer.max_steps=1")
     with caplog.at_level("WARNING"):
         build_trainer(cfg, tmp_path / "run")
-    assert "border: pack 'constant', config 'replicate'" in caplog.text
+    assert "settings.border: pack 'constant', now 'replicate'" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
-        build_trainer(_cfg(pack, tmp_path, "trainer.max_steps=1"), tmp_path / "run2")
+        build_trainer(_cfg(pack, tmp_path, images, "trainer.max_steps=1"), tmp_path / "run2")
     assert "border" not in caplog.text  # the same border: not named
 
 
@@ -422,6 +423,8 @@ def test_training_warns_when_its_pack_is_not_what_aligning_would_make_now(
     ``python align.py data=lfw`` made trains silently, also after a fresh copy of the same
     files; other bytes in a source file train on the pack as it is, with a warning that says
     what changed, and do not re-align it."""
+    import shutil
+
     import face_rec.align.cli as align_cli
     from face_rec.train import ensure_pack
 
@@ -450,3 +453,8 @@ def test_training_warns_when_its_pack_is_not_what_aligning_would_make_now(
     assert "1 of its 6 source files have other contents" in caplog.text
     assert "training on it as it is" in caplog.text
     assert (pack / "images.npy").read_bytes() == made  # not aligned again
+    caplog.clear()
+    shutil.rmtree(root)  # only the pack is here (e.g. copied to a training machine)
+    with caplog.at_level("INFO"):
+        ensure_pack(cfg.train_data.sources.lfw, cfg.align)
+    assert f"its source folder {root} is absent" in caplog.text

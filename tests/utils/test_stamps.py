@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -30,17 +31,43 @@ def test_a_file_is_read_only_when_its_size_or_time_moved(tmp_path):
     (tmp_path / "b").write_bytes(b"x" * 3_000_000)  # more than one read block
     st = (tmp_path / "a").stat()
     got = file_stamps(tmp_path, ["a", "b", "gone", "a"])
-    assert got["a"] == Stamp(3, st.st_mtime_ns, hashlib.sha256(b"abc").hexdigest()[:16])
+    digest = hashlib.sha256(b"abc").hexdigest()[:16]
+    assert got["a"] == Stamp(3, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, digest)
     assert got["b"].sha256 == hashlib.sha256(b"x" * 3_000_000).hexdigest()[:16]
     assert got["gone"] is None and content_key(got["gone"]) == "missing"
 
-    known = {"a": Stamp(3, st.st_mtime_ns, "recorded")}  # a digest no file has: reused unread
+    known = {"a": dataclasses.replace(got["a"], sha256="recorded")}  # no file has it: unread
     assert file_stamps(tmp_path, ["a"], known)["a"].sha256 == "recorded"
     os.utime(tmp_path / "a", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # copied again
     again = file_stamps(tmp_path, ["a"], known)["a"]
     assert again.sha256 == got["a"].sha256 and again.mtime_ns == st.st_mtime_ns + 10**9
     (tmp_path / "a").write_bytes(b"abd")
     assert file_stamps(tmp_path, ["a"], known)["a"].sha256 != got["a"].sha256
+
+
+def test_a_same_size_rewrite_with_its_old_time_restored_is_read(tmp_path):
+    """``touch -r``-style tools restore the modification time; the status-change time still
+    moves, so the recorded digest is not trusted."""
+    path = tmp_path / "a"
+    path.write_bytes(b"abc")
+    before = file_stamps(tmp_path, ["a"])["a"]
+    time.sleep(0.05)  # a later status-change time than the stamp's
+    path.write_bytes(b"abd")
+    os.utime(path, ns=(before.mtime_ns, before.mtime_ns))
+    now = file_stamps(tmp_path, ["a"], {"a": before})["a"]
+    assert (now.size, now.mtime_ns) == (before.size, before.mtime_ns)
+    assert now.sha256 == hashlib.sha256(b"abd").hexdigest()[:16] != before.sha256
+
+
+def test_an_unreadable_record_is_ignored_with_a_warning(tmp_path, caplog):
+    (tmp_path / "a").write_bytes(b"abc")
+    record = tmp_path / "stamps.csv"
+    record.write_text("source,size\na,not-a-number\n")
+    got = stamps.recorded_file_stamps(tmp_path, ["a"], record)
+    assert got["a"].sha256 == hashlib.sha256(b"abc").hexdigest()[:16]
+    assert f"ignoring the unreadable stamp record {record}" in caplog.text
+    header = record.read_text().splitlines()[0]  # written again in the record's format
+    assert header == "source,size,mtime_ns,ctime_ns,ino,sha256"
 
 
 def test_a_record_keeps_the_stamps_for_the_next_check(tmp_path, monkeypatch):
