@@ -369,8 +369,8 @@ def features_key(
 ) -> str:
     """Everything that shapes the stored features: the model (:func:`model_identity`), the
     image folder, each image's name and content (its ``stamps``, :mod:`face_rec.utils.stamps`),
-    the landmarks (N, 5, 2), the crop settings
-    (:func:`crop_settings`), and the chunking (which faces each chunk file holds)."""
+    the landmarks (N, 5, 2), the crop settings (:func:`crop_settings`), and the chunking (which
+    faces each chunk file holds)."""
     h = hashlib.sha256()
     meta = [FEATURES_VERSION, ALIGN_VERSION, crop_settings(settings), model_id]
     meta += [str(Path(image_dir).resolve()), chunk_size]
