@@ -4,8 +4,8 @@
 
 ``face_rec.align.run.pack_rows`` as training and evaluation call it (with the settings the pack
 records), ``--repeats`` times each,
-alternating: with the pack's record of its files' stamps (every file's size and modification
-time match: nothing is read) and with the record ignored, as at the first check after a fresh
+alternating: with the pack's record of its files' stamps (every file's size, times and inode
+match: nothing is read) and with the record ignored, as at the first check after a fresh
 copy of the data (new modification times: every source file is read and hashed, and the record
 written again). The page cache is warm for both
 (the files were read before). Prints the machine header, the medians and their ratio.

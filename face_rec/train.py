@@ -60,14 +60,6 @@ def ensure_pack(source: DictConfig, align: DictConfig) -> None:
     kw["make_detector"] = functools.partial(kw["make_detector"], min_face_size=source.min_face_size)
     kw["detector_settings"]["min_face_size"] = source.min_face_size
     if read_summary(source.pack_dir) is not None:
-        if not Path(source.image_dir).is_dir():
-            log.info(
-                "training on the pack %s; its source folder %s is absent, so whether its images "
-                "changed since is not checked",
-                source.pack_dir,
-                source.image_dir,
-            )
-            return
         changes = pack_changes(
             source.image_dir,
             source.pack_dir,
@@ -76,7 +68,9 @@ def ensure_pack(source: DictConfig, align: DictConfig) -> None:
             kw["chunk_size"],
             scan=True,
         )
-        if changes:
+        if not Path(source.image_dir).is_dir() and len(changes) == 1:  # only the note
+            log.info("training on the pack %s: %s", source.pack_dir, changes[0])
+        elif changes:
             log.warning(
                 "training pack %s is not what aligning %s would make now (%s); training on it "
                 "as it is. To rebuild it: delete the folder, or run python align.py with the "
@@ -485,6 +479,7 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     """
     check_config(cfg)  # before any data is read or a model built
     check_selection(cfg)
+    commit = code_commit()  # now: the checkout may change while it trains
     info = D.init_distributed(cfg.trainer.backend)
     out_dir = Path(D.broadcast_object(str(out_dir)))
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -514,7 +509,7 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
             "compiled": trainer.compiled,
         },
         "machine": machine_info(trainer.device),  # what wall_time_s and images_per_s ran on
-        "commit": code_commit(),  # the code that trained (git; "+dirty" with local changes)
+        "commit": commit,  # the code that trained (git; "+dirty" with local changes)
     }
     if info.world_size > 1:  # a replica that drifted would show here
         digests = D.all_gather_objects(_weights_digest(trainer.model))

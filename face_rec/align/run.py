@@ -622,10 +622,12 @@ def pack_changes(
     with these arguments would make of ``input_dir``, in words: [] when it is current (or when
     there is no complete pack). The source files it holds are checked; with ``scan``, files
     under ``input_dir`` it does not hold too (a pack of a whole folder, within its ``limit``)."""
-    if read_summary(output_dir) is None:
+    summary = read_summary(output_dir)
+    if summary is None:
         return []
     if not Path(input_dir).is_dir():
-        return [f"its source folder {input_dir} is absent, so its files were not checked"]
+        meta = _meta_changes(summary, settings, detector_settings, chunk_size)
+        return [*meta, f"its source folder {input_dir} is absent, so its files were not checked"]
     state = _pack_state(input_dir, output_dir, settings, detector_settings, chunk_size)
     if state is None:
         return []

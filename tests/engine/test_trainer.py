@@ -458,3 +458,9 @@ def test_training_warns_when_its_pack_is_not_what_aligning_would_make_now(
     with caplog.at_level("INFO"):
         ensure_pack(cfg.train_data.sources.lfw, cfg.align)
     assert f"its source folder {root} is absent" in caplog.text
+    assert "WARNING" not in caplog.text  # nothing known to differ: a note, not a warning
+    caplog.clear()
+    other = _cfg(None, tmp_path, *paths, "align.settings.border=replicate")
+    ensure_pack(other.train_data.sources.lfw, other.align)  # other settings: still named
+    assert "settings.border: pack 'constant', now 'replicate'" in caplog.text
+    assert "training on it as it is" in caplog.text

@@ -8,6 +8,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 import face_rec.utils.stamps as stamps
 from face_rec.utils.stamps import Stamp, content_key, file_stamps
 
@@ -100,3 +102,23 @@ def test_a_stamp_as_new_as_its_record_is_read_again(tmp_path, monkeypatch):
     _aged(record, -10)  # the record written well after the file: trusted
     stamps.recorded_file_stamps(tmp_path, ["a"], record)
     assert read == ["a", "a"]
+
+
+@pytest.mark.parametrize("field", ["size", "mtime_ns", "ctime_ns", "ino"])
+def test_a_recorded_stamp_is_reused_only_while_every_field_matches(tmp_path, field):
+    (tmp_path / "a").write_bytes(b"abc")
+    stamp = file_stamps(tmp_path, ["a"])["a"]
+    assert (
+        file_stamps(tmp_path, ["a"], {"a": dataclasses.replace(stamp, sha256="x")})["a"].sha256
+        == "x"
+    )
+    moved = dataclasses.replace(stamp, sha256="x", **{field: getattr(stamp, field) + 1})
+    assert file_stamps(tmp_path, ["a"], {"a": moved})["a"].sha256 == stamp.sha256  # read
+
+
+def test_a_record_of_another_format_is_ignored(tmp_path, caplog):
+    (tmp_path / "a").write_bytes(b"abc")
+    record = tmp_path / "stamps.csv"
+    record.write_text("source,size,mtime_ns,sha256\na,3,1,0123456789abcdef\n")  # no ctime, inode
+    assert stamps.read_stamps(record) == {}
+    assert "ignoring the unreadable stamp record" in caplog.text
