@@ -20,7 +20,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
 from face_rec.utils.io import atomic_path
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 DIGEST_CHARS = 16  #: hex digits of the SHA-256 kept (64 bits)
 RACY_NS = 2 * 10**9  #: a recorded stamp this close to its record's own time is not trusted
-_FIELDS = ("source", "size", "mtime_ns", "ctime_ns", "ino", "sha256")
 _BLOCK = 1 << 20
 
 
@@ -49,6 +48,9 @@ class Stamp:
             st.st_ctime_ns,
             st.st_ino,
         )
+
+
+_NUMBERS = tuple(f.name for f in fields(Stamp))[:-1]  #: the record's integer columns
 
 
 def file_stamps(
@@ -110,13 +112,7 @@ def read_stamps(path: Path) -> dict[str, Stamp]:
         written = path.stat().st_mtime_ns
         with open(path, newline="", encoding="utf-8") as fh:
             stamps = {
-                r["source"]: Stamp(
-                    int(r["size"]),
-                    int(r["mtime_ns"]),
-                    int(r["ctime_ns"]),
-                    int(r["ino"]),
-                    r["sha256"],
-                )
+                r["source"]: Stamp(*(int(r[f]) for f in _NUMBERS), r["sha256"])
                 for r in csv.DictReader(fh)
             }
     except FileNotFoundError:
@@ -133,10 +129,8 @@ def write_stamps(path: Path, stamps: Mapping[str, Stamp]) -> None:
     """Record ``stamps`` (source -> stamp) as CSV, atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(_FIELDS)
-        writer.writerows(
-            (src, s.size, s.mtime_ns, s.ctime_ns, s.ino, s.sha256) for src, s in stamps.items()
-        )
+        writer.writerow(["source", *(f.name for f in fields(Stamp))])
+        writer.writerows((src, *astuple(s)) for src, s in stamps.items())
 
 
 def file_digest(path: str | Path) -> str:
