@@ -241,6 +241,7 @@ class TrainerConfig:
     backbone_lr_scale: float
     head_lr_scale: float
     freeze_stages: int
+    ema_decay: float
     accum_steps: int
     num_workers: int
     keep_freed_memory: bool

@@ -432,6 +432,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation
         cfg.trainer.grad_clip_scope,
         frozen,
         cfg.trainer.compile,
+        ema_decay=cfg.trainer.ema_decay,
     )
     return trainer, validation, stats
 

@@ -150,7 +150,7 @@ class Validation(Hook):
 
     def run(self, trainer: Trainer) -> None:
         start, step = time.perf_counter(), trainer.state.step
-        results = self.evaluate(trainer.model)
+        results = self.evaluate(trainer.eval_model)
         self.latest = results
         value = results["select"][self.metric] if results["select"] is not None else None
         self.improved = value is not None and value > self.best_value

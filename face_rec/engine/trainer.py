@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from face_rec import distributed as D
 from face_rec.data.augment import Augment
+from face_rec.engine.ema import WeightEMA
 from face_rec.models.partial_fc import PartialFC
 from face_rec.models.preprocess import FACE_REC
 
@@ -46,6 +47,10 @@ class Trainer:
     ``loss_fn(scores, labels, norms)`` with the raw embeddings' norms (B,), which the
     quality-adaptive margins use (AdaFace, MagFace) and the others ignore. A loss's buffers
     (AdaFace's norm statistics, CurricularFace's t) are part of :meth:`state_dict`.
+
+    ``ema_decay`` > 0 keeps a moving average of the backbone's weights (:class:`WeightEMA`):
+    :attr:`eval_model` is then the average, which validation embeds and checkpoints hold as
+    ``model`` (the trained weights as ``train_model``).
 
     ``frozen``: modules left untrained (fine-tuning): kept in eval mode. One step =
     ``accum_steps`` micro-batches then one optimizer update. After each step
@@ -80,6 +85,7 @@ class Trainer:
         frozen: Sequence[nn.Module] = (),
         compile: bool = False,
         compile_backend: str = "inductor",
+        ema_decay: float = 0.0,
     ) -> None:
         self.model, self.head, self.loss_fn = model, head, loss_fn
         self.optimizer, self.scheduler, self.dataset, self.plan = (
@@ -113,6 +119,7 @@ class Trainer:
             if m is not None:
                 m.to(self.device)
         model.to(memory_format=self.memory_format)
+        self.ema = WeightEMA(model, ema_decay) if ema_decay else None
         self.rank, self.world = D.rank(), D.world_size()
         self.sharded = [m for m in (head, loss_fn) if isinstance(m, PartialFC)]
         sharded = {id(p) for m in self.sharded for p in m.parameters()}
@@ -197,6 +204,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
         self.state.step += 1
         elapsed = time.perf_counter() - start
         wait = sum(m[2] for m in micro)
@@ -217,6 +226,11 @@ class Trainer:
             "data_wait_fraction": wait / (elapsed + wait),
             "embedding_norms": embeddings.detach().float().norm(dim=1).cpu(),
         }
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The backbone to validate and deploy: the weight average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def clip_gradients(self) -> torch.Tensor | float:
         """Clip to ``grad_clip`` and return the norm clipped by: the backbone's gradients alone
@@ -281,8 +295,12 @@ class Trainer:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             },
         }
+        weights = {"model": self.model.state_dict()}
+        if self.ema is not None:  # ``model``: what evaluation, export and init_from load
+            weights = {"model": self.ema.module.state_dict(), "train_model": weights["model"]}
+            weights["ema_updates"] = self.ema.updates
         return {
-            "model": self.model.state_dict(),
+            **weights,
             "preprocessing": getattr(self.model, "preprocessing", FACE_REC).as_dict(),
             "head": self.head.state_dict() if self.head is not None else None,
             "loss": self.loss_fn.state_dict(),
@@ -298,7 +316,8 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         """Restore ``state``, also on another number of ranks: sharded centres are re-sharded,
         the data position is converted; random streams are exact only on the same number."""
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(state.get("train_model", state["model"]))
+        self._load_average(state)
         if self.head is not None:
             self.head.load_state_dict(state["head"])
         self.loss_fn.load_state_dict(state["loss"])
@@ -333,6 +352,27 @@ class Trainer:
         random.setstate(rng["python"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def _load_average(self, state: dict) -> None:
+        """The weight average from ``state``; a checkpoint saved without one starts it afresh
+        from the loaded weights, and one saved with it resumes from its trained weights."""
+        if self.ema is None:
+            if "train_model" in state:
+                log.warning(
+                    "resume: the checkpoint kept a weight average (trainer.ema_decay > 0); this "
+                    "run trains on from its trained weights without one (trainer.ema_decay=0)"
+                )
+            return
+        if "train_model" in state:
+            self.ema.load_state_dict({"model": state["model"], "updates": state["ema_updates"]})
+        else:
+            self.ema = WeightEMA(self.model, self.ema.decay)
+            log.warning(
+                "resume: the checkpoint has no weight average; trainer.ema_decay=%g starts one "
+                "from its weights at step %d",
+                self.ema.decay,
+                state["trainer"]["step"],
+            )
 
     def _apply_configured(self, hyper: list[dict], base_lrs: list[float]) -> None:
         """After loading a checkpoint: the optimizer settings and base LRs of this run's config

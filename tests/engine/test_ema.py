@@ -1,0 +1,125 @@
+"""The weight average: against a naive loop, in checkpoints and validation, across a resume."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from face_rec.engine import hooks as H
+from face_rec.engine.ema import WeightEMA
+from face_rec.engine.hooks import Hook
+from face_rec.train import build_trainer
+from face_rec.utils.checkpoint import load_checkpoint, model_from_checkpoint
+
+from .test_trainer import _cfg, pack  # noqa: F401 (pack: a fixture)
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+
+
+def test_the_average_follows_the_naive_formula_with_its_warm_up():
+    torch.manual_seed(0)
+    net = _net()
+    ema = WeightEMA(net, decay=0.9)
+    naive = {k: v.clone() for k, v in net.state_dict().items()}
+    for n in range(1, 31):  # decay warm-up: min(0.9, (1 + n) / (10 + n)) reaches 0.9 at n = 80
+        net(torch.randn(8, 3)).sum().backward()  # train mode: BatchNorm statistics move too
+        with torch.no_grad():
+            for p in net.parameters():
+                p -= 0.1 * p.grad
+                p.grad = None
+        ema.update(net)
+        d = min(0.9, (1 + n) / (10 + n))
+        for k, v in net.state_dict().items():
+            naive[k] = d * naive[k] + (1 - d) * v if v.is_floating_point() else v.clone()
+    got = ema.module.state_dict()
+    for k, v in naive.items():
+        torch.testing.assert_close(got[k], v, rtol=1e-6, atol=1e-6)
+    assert got["1.num_batches_tracked"] == 30  # an integer buffer is copied, not averaged
+    assert ema.updates == 30 and not ema.module.training
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, -0.5, 1.5])
+def test_a_decay_outside_0_1_is_refused_with_the_key(decay):
+    with pytest.raises(ValueError, match=r"trainer.ema_decay=.*\(0, 1\)"):
+        WeightEMA(_net(), decay)
+
+
+def test_validation_and_checkpoints_use_the_average(pack, tmp_path):  # noqa: F811
+    cfg = _cfg(pack, tmp_path, "trainer.ema_decay=0.5", "trainer.checkpoint_every=3")
+    trainer, _, _ = build_trainer(cfg, tmp_path)
+    seen = []
+
+    def evaluate(model):  # what the validation hook embeds with
+        seen.append(model)
+        return {"sets": {}, "select": None}
+
+    trainer.hooks.insert(0, H.Validation(evaluate, every=1))
+    trainer.train()
+    assert len(seen) == 3 and all(m is trainer.ema.module for m in seen)
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert saved["ema_updates"] == 3
+    for k, v in trainer.ema.module.state_dict().items():
+        assert torch.equal(saved["model"][k], v)
+        assert torch.equal(saved["train_model"][k], trainer.model.state_dict()[k])
+    differ = [k for k, v in saved["model"].items() if not torch.equal(v, saved["train_model"][k])]
+    assert differ  # the average is not the trained weights
+    loaded = model_from_checkpoint(tmp_path / "checkpoints" / "last.pt")  # eval_lfw, export
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, saved["model"][k])
+
+
+def test_resume_continues_the_average_exactly(pack, tmp_path):  # noqa: F811
+    over = ["trainer.ema_decay=0.7", "trainer.max_steps=6", "trainer.checkpoint_every=3"]
+    whole, _, _ = build_trainer(_cfg(pack, tmp_path, *over), tmp_path / "a")
+    whole.train()
+
+    class Kill(Hook):
+        def after_step(self, trainer):
+            if trainer.state.step == 4:
+                raise KeyboardInterrupt
+
+    first, _, _ = build_trainer(_cfg(pack, tmp_path, *over), tmp_path / "b")
+    first.hooks.append(Kill())
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    resumed, _, _ = build_trainer(_cfg(pack, tmp_path, *over), tmp_path / "b")
+    resumed.load_state_dict(load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt"))
+    assert resumed.ema.updates == 3
+    resumed.train()
+    assert resumed.ema.updates == 6
+    for name in ("model", "ema"):
+        a = (whole.model if name == "model" else whole.ema.module).state_dict()
+        b = (resumed.model if name == "model" else resumed.ema.module).state_dict()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+
+
+def test_a_checkpoint_without_an_average_starts_one_and_says_so(pack, tmp_path, caplog):  # noqa: F811
+    plain, _, _ = build_trainer(_cfg(pack, tmp_path, "trainer.checkpoint_every=3"), tmp_path)
+    plain.train()
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert "train_model" not in state
+    ema_run, _, _ = build_trainer(_cfg(pack, tmp_path, "trainer.ema_decay=0.9"), tmp_path / "e")
+    with caplog.at_level(logging.WARNING):
+        ema_run.load_state_dict(state)
+    assert "no weight average" in caplog.text and "at step 3" in caplog.text
+    assert ema_run.ema.updates == 0
+    for k, v in state["model"].items():
+        assert torch.equal(ema_run.ema.module.state_dict()[k], v)
+        assert torch.equal(ema_run.model.state_dict()[k], v)
+    # and back: an averaged checkpoint resumed without averaging trains on its trained weights
+    ema_run.train()
+    averaged = ema_run.state_dict()
+    plain2, _, _ = build_trainer(_cfg(pack, tmp_path), tmp_path / "p")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        plain2.load_state_dict(averaged)
+    assert "without one (trainer.ema_decay=0)" in caplog.text
+    for k, v in averaged["train_model"].items():
+        assert torch.equal(plain2.model.state_dict()[k], v)
