@@ -1,12 +1,15 @@
 """An exponential moving average of the backbone's weights (Polyak averaging).
 
-After every optimizer step ``ema <- d ema + (1 - d) weights`` for each floating tensor of the
-state dict (parameters and BatchNorm statistics alike; integer buffers are copied), with timm's
-the warm-up of TensorFlow's ``ExponentialMovingAverage(num_updates=n)``,
-``d_n = min(decay, (1 + n) / (10 + n))`` at the n-th update, so that the random initial weights
-do not linger in a short run. The average is what validation embeds and what checkpoints hold as
-``model``; the trained weights go on training (timm's ``ModelEmaV3`` averages the same way,
-buffers included; insightface's recipes do not average).
+After the n-th optimizer step the average is the mean of the weights after each step so far,
+weighted by ``decay ** (n - k)`` (each floating tensor of the state dict: parameters and
+BatchNorm statistics alike; integer buffers are copied). That is the moving average
+``ema <- d ema + (1 - d) weights`` with Adam's bias correction, done in place as
+``d_n = 1 - (1 - decay) / (1 - decay ** n)``: nothing of the random initial weights remains, and
+``decay`` means the same horizon (about ``1 / (1 - decay)`` steps) from the first step on, also
+in a run of a few thousand steps. The average is what validation embeds and what checkpoints
+hold as ``model``; the trained weights go on training. (timm's ``ModelEmaV3`` averages buffers
+too; it and TensorFlow warm the decay up instead, so that a short run averages only its last
+steps. insightface's recipes do not average.)
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ class WeightEMA:
             p.requires_grad_(False)
 
     def current_decay(self) -> float:
-        """The decay of the next update (warm-up: the first updates follow the weights closely)."""
+        """The weight the average keeps at the next update (0 at the first: it takes the step's)."""
         n = self.updates + 1
-        return min(self.decay, (1 + n) / (10 + n))
+        return 1.0 - (1.0 - self.decay) / (1.0 - self.decay**n)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

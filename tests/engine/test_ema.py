@@ -21,27 +21,34 @@ def _net() -> nn.Module:
     return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
 
 
-def test_the_average_follows_the_naive_formula_with_its_warm_up():
+def test_the_average_is_the_decay_weighted_mean_of_every_steps_weights():
     torch.manual_seed(0)
-    net = _net()
-    ema = WeightEMA(net, decay=0.9)
-    naive = {k: v.clone() for k, v in net.state_dict().items()}
-    for n in range(1, 31):  # decay warm-up: min(0.9, (1 + n) / (10 + n)) reaches 0.9 at n = 80
+    net, decay = _net(), 0.9
+    ema = WeightEMA(net, decay)
+    history = []
+    for _ in range(30):
         net(torch.randn(8, 3)).sum().backward()  # train mode: BatchNorm statistics move too
         with torch.no_grad():
             for p in net.parameters():
                 p -= 0.1 * p.grad
                 p.grad = None
         ema.update(net)
-        d = min(0.9, (1 + n) / (10 + n))
-        for k, v in net.state_dict().items():
-            naive[k] = d * naive[k] + (1 - d) * v if v.is_floating_point() else v.clone()
+        history.append({k: v.clone() for k, v in net.state_dict().items()})
+    n = len(history)  # naive: sum_k d^(n-k) w_k / sum_k d^(n-k), the initial weights not in it
+    weights = [decay ** (n - k) for k in range(1, n + 1)]
     got = ema.module.state_dict()
-    for k, v in naive.items():
-        torch.testing.assert_close(got[k], v, rtol=1e-6, atol=1e-6)
-    assert got["1.num_batches_tracked"] == 30  # an integer buffer is copied, not averaged
+    for key, last in history[-1].items():
+        if not last.is_floating_point():
+            assert torch.equal(got[key], last)  # an integer buffer is copied, not averaged
+            continue
+        naive = sum(w * h[key].double() for w, h in zip(weights, history, strict=True)) / sum(
+            weights
+        )
+        torch.testing.assert_close(got[key].double(), naive, rtol=1e-5, atol=1e-6)
+    assert got["1.num_batches_tracked"] == 30
     assert ema.updates == 30 and not ema.module.training
     assert not any(p.requires_grad for p in ema.module.parameters())
+    assert ema.current_decay() == pytest.approx(1 - 0.1 / (1 - 0.9**31))
 
 
 @pytest.mark.parametrize("decay", [0.0, 1.0, -0.5, 1.5])
