@@ -11,7 +11,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import datetime
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -344,10 +346,9 @@ def test_pack_currency_reads_no_file_on_the_stat_path_and_every_file_on_the_othe
     run_alignment(root, tmp_path / "pack", FakeDetector, workers=0, **made)
     real, read = stamps.file_digest, []
     monkeypatch.setattr(stamps, "file_digest", lambda path: read.append(path) or real(path))
-    old = 10**18  # 2001: older than the record, so the record's stamps are trusted
-    for path in root.rglob("*.png"):
-        os.utime(path, ns=(old, old))
-    run_alignment(root, tmp_path / "pack", FakeDetector, workers=0, **made)  # the new times
+    later = time.time_ns() + 60 * 10**9  # checks a minute later: the files' stamps are settled
+    monkeypatch.setattr(stamps, "time", SimpleNamespace(time_ns=lambda: later))
+    run_alignment(root, tmp_path / "pack", FakeDetector, workers=0, **made)  # records them
     read.clear()
     bench = _module("pack_currency")
     argv = ["pack_currency.py", "--pack", str(tmp_path / "pack"), "--image-dir", str(root)]

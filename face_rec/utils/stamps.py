@@ -7,10 +7,15 @@ slow for large sets, so each cache keeps a record of the stamps it last saw
 (:func:`recorded_file_stamps`): a file whose size, modification and status-change times and
 inode are those recorded keeps its recorded digest unread, as git's index does (a rewrite that
 restores the old modification time still moves the status-change time); only the others are
-read, and the record is brought up to date, so a fresh copy is read once. As in git, a file
-rewritten with the same size within the file system's time resolution of the record could keep
-a stale digest; stamps whose modification time is within :data:`RACY_NS` of the record's are
-therefore read again.
+read, and the record is brought up to date, so a fresh copy is read once. The record is keyed
+by each file's absolute path, so copies at two paths checked in turn keep a state each.
+
+Racy stamps (git's racy-clean case): a file rewritten with the same size within the file
+system's time resolution of being read could keep every field of its stamp and a stale digest.
+A stamp whose status-change time is within :data:`RACY_NS` of the check's start (or after it)
+is therefore used for that check but not recorded, so the next check reads it again. The
+status-change time is the kernel's clock at the change, which no copy or archive sets, so files
+dated in the future by their modification time are trusted like any other.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import csv
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
@@ -28,7 +34,7 @@ from face_rec.utils.io import atomic_path
 log = logging.getLogger(__name__)
 
 DIGEST_CHARS = 16  #: hex digits of the SHA-256 kept (64 bits)
-RACY_NS = 2 * 10**9  #: a recorded stamp this close to its record's own time is not trusted
+RACY_NS = 2 * 10**9  #: a file changed this close to a check's start is read again next time
 _BLOCK = 1 << 20
 
 
@@ -81,14 +87,24 @@ def file_stamps(
 def recorded_file_stamps(
     root: Path, sources: Iterable[str], record: Path
 ) -> dict[str, Stamp | None]:
-    """:func:`file_stamps` reusing the stamps kept in the CSV file ``record``, which is then
-    brought up to date (atomically; where it cannot be written, a warning says that later checks
-    will read the files again)."""
-    known = read_stamps(record)
-    stamps = file_stamps(root, sources, known)
-    if any(stamp and stamp != known.get(src) for src, stamp in stamps.items()):
+    """:func:`file_stamps` reusing the stamps kept in the CSV file ``record`` for the files
+    under ``root``, which is then brought up to date (atomically; where it cannot be written, a
+    warning says that later checks will read the files again). Stamps of files changed within
+    :data:`RACY_NS` of the check's start are returned but not recorded."""
+    start = time.time_ns()  # before any file is looked at
+    recorded = read_stamps(record)
+    base = os.path.abspath(root)
+    paths = {src: os.path.join(base, src) for src in sources}
+    known = {src: recorded[p] for src, p in paths.items() if p in recorded}
+    stamps = file_stamps(root, paths, known)
+    settled = {
+        paths[src]: st
+        for src, st in stamps.items()
+        if st is not None and st.ctime_ns < start - RACY_NS
+    }
+    if any(recorded.get(p) != st for p, st in settled.items()):
         try:
-            write_stamps(record, {**known, **{s: st for s, st in stamps.items() if st}})
+            write_stamps(record, {**recorded, **settled})
         except OSError as e:
             log.warning(
                 "could not record the files' stamps in %s (%s): each later check reads every "
@@ -105,16 +121,17 @@ def content_key(stamp: Stamp | None) -> str:
 
 
 def read_stamps(path: Path) -> dict[str, Stamp]:
-    """The stamps a :func:`write_stamps` file holds, less those too close to the file's own
-    modification time to be trusted (:data:`RACY_NS`); none when there is no such file or it
-    cannot be read as one (it is a cache: the files are then read again)."""
+    """The stamps (absolute file path -> stamp) a :func:`write_stamps` file holds; none when
+    there is no such file or it cannot be read as one (it is a cache: the files are then read
+    again). A record of face_rec's earlier format (keyed by relative path, filtered by its own
+    time rather than the check's start) counts as none."""
     try:
-        written = path.stat().st_mtime_ns
         with open(path, newline="", encoding="utf-8") as fh:
-            stamps = {
-                r["source"]: Stamp(*(int(r[f]) for f in _NUMBERS), r["sha256"])
-                for r in csv.DictReader(fh)
-            }
+            rows = csv.DictReader(fh)
+            if rows.fieldnames and rows.fieldnames[0] == "source":
+                log.info("stamp record %s is of an earlier format: the files are read once", path)
+                return {}
+            stamps = {r["path"]: Stamp(*(int(r[f]) for f in _NUMBERS), r["sha256"]) for r in rows}
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, KeyError, TypeError, csv.Error) as e:
@@ -122,14 +139,14 @@ def read_stamps(path: Path) -> dict[str, Stamp]:
             "ignoring the unreadable stamp record %s (%s): the files are read again", path, e
         )
         return {}
-    return {src: s for src, s in stamps.items() if s.mtime_ns < written - RACY_NS}
+    return stamps
 
 
 def write_stamps(path: Path, stamps: Mapping[str, Stamp]) -> None:
-    """Record ``stamps`` (source -> stamp) as CSV, atomically."""
+    """Record ``stamps`` (absolute file path -> stamp) as CSV, atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["source", *(f.name for f in fields(Stamp))])
+        writer.writerow(["path", *(f.name for f in fields(Stamp))])
         writer.writerows((src, *astuple(s)) for src, s in stamps.items())
 
 

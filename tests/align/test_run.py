@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import os
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -288,10 +288,10 @@ def test_a_copy_of_the_same_files_keeps_the_pack_and_other_contents_do_not(tmp_p
         assert row["input_sha256"] == digest
     real, read = stamps.file_digest, []
     monkeypatch.setattr(stamps, "file_digest", lambda path: read.append(path) or real(path))
-    old = time.time_ns() - 60 * 10**9  # copied again a minute ago: same bytes, new times
-    for path in sorted(root.rglob("*.png")):
+    for path in sorted(root.rglob("*.png")):  # copied again: same bytes, new times
         path.write_bytes(path.read_bytes())
-        os.utime(path, ns=(old, old))
+    later = time.time_ns() + 60 * 10**9  # the checks a minute later (settled, not racy)
+    monkeypatch.setattr(stamps, "time", SimpleNamespace(time_ns=lambda: later))
     assert current_pack(root, pack) is not None and pack_changes(root, pack) == []
     assert len(read) == 6  # read once, then recorded with their new times
     again = run_alignment(root, pack, _interrupting(0), workers=0)  # would raise if it aligned
@@ -337,6 +337,8 @@ def test_a_pack_without_digests_is_not_current_and_nothing_is_read(tmp_path, mon
 
     root = _tree(tmp_path / "in", n_ids=2, per_id=2)
     pack = tmp_path / "pack"
+    later = time.time_ns() + 60 * 10**9  # the checks a minute later: the stamps are recorded
+    monkeypatch.setattr(stamps, "time", SimpleNamespace(time_ns=lambda: later))
     run_alignment(root, pack, FakeDetector, workers=0)
     rows = read_manifest(pack / "manifest.csv")
     columns = [c for c in rows[0] if c not in LATER_COLUMNS]

@@ -1,12 +1,14 @@
-"""File stamps: content digests, read only where size or modification time moved."""
+"""File stamps: content digests, read only where size, times or inode moved."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import os
+import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,10 +16,12 @@ import face_rec.utils.stamps as stamps
 from face_rec.utils.stamps import Stamp, content_key, file_stamps
 
 
-def _aged(path, seconds=60):
-    """Give ``path`` a modification time ``seconds`` ago (older than any record written now)."""
-    old = time.time_ns() - seconds * 10**9
-    os.utime(path, ns=(old, old))
+def _later(monkeypatch, seconds=60):
+    """Checks from now on run ``seconds`` later (a file's status-change time cannot be set, so
+    the files made now are settled by moving the checks' clock instead)."""
+    monkeypatch.setattr(
+        stamps, "time", SimpleNamespace(time_ns=lambda: time.time_ns() + seconds * 10**9)
+    )
 
 
 def _counting(monkeypatch) -> list[str]:
@@ -64,44 +68,76 @@ def test_a_same_size_rewrite_with_its_old_time_restored_is_read(tmp_path):
 def test_an_unreadable_record_is_ignored_with_a_warning(tmp_path, caplog):
     (tmp_path / "a").write_bytes(b"abc")
     record = tmp_path / "stamps.csv"
-    record.write_text("source,size\na,not-a-number\n")
+    record.write_text("path,size\na,not-a-number\n")
     got = stamps.recorded_file_stamps(tmp_path, ["a"], record)
     assert got["a"].sha256 == hashlib.sha256(b"abc").hexdigest()[:16]
     assert f"ignoring the unreadable stamp record {record}" in caplog.text
-    header = record.read_text().splitlines()[0]  # written again in the record's format
-    assert header == "source,size,mtime_ns,ctime_ns,ino,sha256"
 
 
 def test_a_record_keeps_the_stamps_for_the_next_check(tmp_path, monkeypatch):
     for name in ("a", "b"):
         (tmp_path / name).write_bytes(name.encode())
-        _aged(tmp_path / name)
+    _later(monkeypatch)
     read = _counting(monkeypatch)
     record = tmp_path / "cache" / "stamps.csv"
     first = stamps.recorded_file_stamps(tmp_path, ["a", "b"], record)
-    assert read == ["a", "b"] and stamps.read_stamps(record) == first
+    assert read == ["a", "b"]
+    assert stamps.read_stamps(record) == {str(tmp_path / n): first[n] for n in ("a", "b")}
     assert stamps.recorded_file_stamps(tmp_path, ["a", "b"], record) == first
     assert read == ["a", "b"]  # nothing read the second time
     (tmp_path / "b").write_bytes(b"bb")
-    _aged(tmp_path / "b", 30)
     assert stamps.recorded_file_stamps(tmp_path, ["b"], record)["b"] != first["b"]
     assert read == ["a", "b", "b"]
     kept = stamps.read_stamps(record)
-    assert kept["b"].size == 2 and kept["a"] == first["a"]  # a check of b alone keeps a's
+    assert kept[str(tmp_path / "b")].size == 2  # a check of b alone keeps a's
+    assert kept[str(tmp_path / "a")] == first["a"]
 
 
-def test_a_stamp_as_new_as_its_record_is_read_again(tmp_path, monkeypatch):
-    """git's racy-clean case: a file rewritten with the same size within the time resolution
-    of the record could keep its old time; stamps that close to the record are not trusted."""
-    (tmp_path / "a").write_bytes(b"abc")  # modified now, as the record will be
+def test_a_file_changed_as_the_check_starts_is_read_again_next_time(tmp_path, monkeypatch):
+    """git's racy-clean case: a same-size rewrite within the file system's time resolution of
+    being read could keep every field of its stamp, so a stamp whose status-change time is
+    within 2 s of the check's start is used but not recorded; its modification time does not
+    matter (a file dated in the future by an archive is trusted once settled)."""
+    path = tmp_path / "a"
+    path.write_bytes(b"abc")  # changed now
+    future = time.time_ns() + 3600 * 10**9
+    os.utime(path, ns=(future, future))
     read = _counting(monkeypatch)
     record = tmp_path / "stamps.csv"
-    stamps.recorded_file_stamps(tmp_path, ["a"], record)
+    first = stamps.recorded_file_stamps(tmp_path, ["a"], record)
+    assert first["a"].sha256 == hashlib.sha256(b"abc").hexdigest()[:16]
+    assert stamps.read_stamps(record) == {}  # not recorded
     stamps.recorded_file_stamps(tmp_path, ["a"], record)
     assert read == ["a", "a"]
-    _aged(record, -10)  # the record written well after the file: trusted
+    _later(monkeypatch, 3)  # a check that starts 3 s after the change: recorded, then trusted
     stamps.recorded_file_stamps(tmp_path, ["a"], record)
-    assert read == ["a", "a"]
+    stamps.recorded_file_stamps(tmp_path, ["a"], record)
+    assert read == ["a", "a", "a"]
+    assert stamps.read_stamps(record)[str(path)].mtime_ns == future
+
+
+def test_copies_at_two_paths_checked_in_turn_keep_a_state_each(tmp_path, monkeypatch):
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a").write_bytes(b"abc")
+    two = tmp_path / "two"
+    shutil.copytree(one, two)
+    _later(monkeypatch)
+    read = _counting(monkeypatch)
+    record = tmp_path / "stamps.csv"
+    digest = hashlib.sha256(b"abc").hexdigest()[:16]
+    for root in (one, two, one, two):
+        assert stamps.recorded_file_stamps(root, ["a"], record)["a"].sha256 == digest
+    assert read == ["a", "a"]  # once per copy
+    assert set(stamps.read_stamps(record)) == {str(one / "a"), str(two / "a")}
+
+
+def test_a_record_of_the_earlier_format_is_read_as_none(tmp_path, caplog):
+    record = tmp_path / "stamps.csv"
+    record.write_text("source,size,mtime_ns,ctime_ns,ino,sha256\na,3,1,1,1,0123456789abcdef\n")
+    with caplog.at_level("INFO"):
+        assert stamps.read_stamps(record) == {}
+    assert "of an earlier format: the files are read once" in caplog.text
 
 
 @pytest.mark.parametrize("field", ["size", "mtime_ns", "ctime_ns", "ino"])
@@ -119,6 +155,6 @@ def test_a_recorded_stamp_is_reused_only_while_every_field_matches(tmp_path, fie
 def test_a_record_of_another_format_is_ignored(tmp_path, caplog):
     (tmp_path / "a").write_bytes(b"abc")
     record = tmp_path / "stamps.csv"
-    record.write_text("source,size,mtime_ns,sha256\na,3,1,0123456789abcdef\n")  # no ctime, inode
+    record.write_text("path,size,mtime_ns,sha256\na,3,1,0123456789abcdef\n")  # no ctime, inode
     assert stamps.read_stamps(record) == {}
     assert "ignoring the unreadable stamp record" in caplog.text
