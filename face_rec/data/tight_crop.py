@@ -54,7 +54,7 @@ from face_rec.align.detect import Face
 from face_rec.align.run import ALIGN_VERSION, AlignSettings, detect_all
 from face_rec.data.images import ImageReadError, load_rgb
 from face_rec.data.pairs import load_pairs
-from face_rec.utils.io import atomic_path, fsync, keyed_dir, write_json
+from face_rec.utils.io import atomic_path, fsync, keyed_dir, temp_name, write_json
 from face_rec.utils.stamps import Stamp, content_key, recorded_file_stamps
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def _save_jpeg(path: Path, image: np.ndarray, quality: int) -> Path:
     final name. Not fsync'ed here: :func:`_make_durable` syncs a chunk's files and folders
     together before its manifest part is saved. Returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_name(path)
     try:
         Image.fromarray(image).save(tmp, format="JPEG", quality=quality)
         os.replace(tmp, path)

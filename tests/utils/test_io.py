@@ -28,7 +28,8 @@ def test_atomic_write_syncs_file_then_renames_then_syncs_directory(tmp_path, mon
     target = tmp_path / "sub" / "metrics.json"
     fio.write_json(target, {"a": 1})
     assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
-    assert events[0][1].endswith(".tmp" + str(os.getpid()))  # the data, before the rename
+    assert events[0][1].startswith(f"{target.parent}/.metrics.json.{os.getpid()}-")  # the data,
+    assert events[0][1].endswith(".tmp")  # before the rename
     assert events[1][1] == str(target)
     assert events[2][1] == str(target.parent)  # the directory entry, after it
     assert target.read_text().strip().startswith("{")
@@ -50,3 +51,10 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
     except RuntimeError:
         pass
     assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_temporary_names_differ_between_writers_of_one_process(tmp_path):
+    names = {fio.temp_name(tmp_path / "x.json") for _ in range(100)}
+    assert len(names) == 100 and all(
+        n.parent == tmp_path and n.name.startswith(".x.json.") for n in names
+    )
