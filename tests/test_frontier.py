@@ -150,3 +150,15 @@ def test_shifting_after_the_resize_is_a_recipe_of_its_own(tmp_path):
     assert ", shifted at 48 px, " in after
     assert after.replace(", shifted at 48 px", "") == before
     assert same == before  # at the crop's own size there is nothing to resize first
+
+
+def test_a_weight_average_is_a_recipe_of_its_own(tmp_path):
+    runs = [Path(_run(tmp_path, n, 5, 0.87, 1, COSFACE)) for n in ("plain", "off", "ema")]
+    for run, decay in zip(runs, (None, 0.0, 0.999), strict=True):
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        if decay is not None:  # runs before the key have none
+            cfg["trainer"]["ema_decay"] = decay
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    plain, off, ema = (frontier.load_run(r)["label"] for r in runs)
+    assert off == plain and ", weight average 0.999" in ema
+    assert ema.replace(", weight average 0.999", "") == plain
