@@ -26,6 +26,7 @@ from face_rec.data.recordio import RecordDataset
 from face_rec.data.samplers import BalancedBatches, IdentityBatches, RandomBatches, class_weights
 from face_rec.data.train_set import AlignedFolder, Source, TrainSet
 from face_rec.engine import hooks as H
+from face_rec.engine.ema import check_decay
 from face_rec.engine.schedule import make_scheduler
 from face_rec.engine.trainer import Hook, Trainer
 from face_rec.eval.cli import prepare_pair_images, resolve_device
@@ -365,6 +366,8 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> tuple[Trainer, H.Validation
     device = resolve_device(cfg.trainer.device)
     if device == "cuda" and world > 1:
         device = f"cuda:{torch.cuda.current_device()}"
+    if cfg.trainer.ema_decay:  # before any data is read
+        check_decay(cfg.trainer.ema_decay)
     dataset = training_data(cfg)
     log.info("training on %d images of %d identities", len(dataset), dataset.num_classes)
     model = instantiate(cfg.model)  # the same initial weights on every rank
@@ -515,8 +518,12 @@ def train_from_config(cfg: DictConfig, out_dir: str | Path) -> dict:
     if info.world_size > 1:  # a replica that drifted would show here
         digests = D.all_gather_objects(_weights_digest(trainer.model))
         metrics["distributed"] = {"world_size": info.world_size, "backbone_sha256": digests}
+        if trainer.ema is not None:  # the weights validated and saved
+            averages = D.all_gather_objects(_weights_digest(trainer.ema.module))
+            metrics["distributed"]["average_sha256"] = averages
+            digests = [f"{d}/{a}" for d, a in zip(digests, averages, strict=True)]
         if len(set(digests)) > 1:
-            log.error("the ranks' backbones differ after training: %s", digests)
+            log.error("the ranks' backbones (/ weight averages) differ after training: %s", digests)
     if not info.is_main:
         return metrics
     if validation is not None and validation.latest is not None:

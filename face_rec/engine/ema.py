@@ -4,12 +4,15 @@ After the n-th optimizer step the average is the mean of the weights after each 
 weighted by ``decay ** (n - k)`` (each floating tensor of the state dict: parameters and
 BatchNorm statistics alike; integer buffers are copied). That is the moving average
 ``ema <- d ema + (1 - d) weights`` with Adam's bias correction, done in place as
-``d_n = 1 - (1 - decay) / (1 - decay ** n)``: nothing of the random initial weights remains, and
-``decay`` means the same horizon (about ``1 / (1 - decay)`` steps) from the first step on, also
-in a run of a few thousand steps. The average is what validation embeds and what checkpoints
-hold as ``model``; the trained weights go on training. (timm's ``ModelEmaV3`` averages buffers
-too; it and TensorFlow warm the decay up instead, so that a short run averages only its last
-steps. insightface's recipes do not average.)
+``d_n = 1 - (1 - decay) / (1 - decay ** n)``: nothing of the random initial weights remains.
+The weights of about the last ``1 / (1 - decay)`` steps dominate, so the horizon should be a
+fraction of the run: in a run not much longer than it, early, high-LR weights count too (0.999
+over 2,100 steps gives the first half a quarter of the weight). BatchNorm statistics are
+averaged like the weights, as timm does, not recomputed for the averaged weights as SWA does.
+The average is what validation embeds and what checkpoints hold as ``model``; the trained
+weights go on training. (timm's ``ModelEmaV2`` keeps the initial weights in the average with
+weight ``decay ** n``; TensorFlow's ``ExponentialMovingAverage(num_updates=)`` and timm's
+optional warm-up shorten the horizon early on instead. insightface's recipes do not average.)
 """
 
 from __future__ import annotations
@@ -24,11 +27,7 @@ class WeightEMA:
     """The moving average of ``model``'s state: :attr:`module` is a frozen copy in eval mode."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(
-                f"trainer.ema_decay={decay!r}: use a decay in (0, 1), e.g. 0.999 (an average over "
-                "about 1,000 steps), or 0 to train without a weight average"
-            )
+        check_decay(decay)
         self.decay, self.updates = decay, 0
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
@@ -54,9 +53,17 @@ class WeightEMA:
             mine.copy_(theirs)
         self.updates += 1
 
-    def state_dict(self) -> dict:
-        return {"model": self.module.state_dict(), "updates": self.updates}
+    def restart(self, model: nn.Module) -> None:
+        """Start averaging afresh from ``model``'s next steps."""
+        self.module.load_state_dict(model.state_dict())
+        self.updates = 0
 
-    def load_state_dict(self, state: dict) -> None:
-        self.module.load_state_dict(state["model"])
-        self.updates = int(state["updates"])
+
+def check_decay(decay: float) -> None:
+    """A clear error for a decay outside (0, 1) (0 turns averaging off: no :class:`WeightEMA`)."""
+    if isinstance(decay, bool) or not 0.0 < decay < 1.0:
+        raise ValueError(
+            f"trainer.ema_decay={decay!r}: use a decay in (0, 1), e.g. 0.999 (about the last "
+            "1,000 steps weigh most; keep it a fraction of the run), or 0 to train without a "
+            "weight average"
+        )

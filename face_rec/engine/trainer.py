@@ -298,7 +298,7 @@ class Trainer:
         weights = {"model": self.model.state_dict()}
         if self.ema is not None:  # ``model``: what evaluation, export and init_from load
             weights = {"model": self.ema.module.state_dict(), "train_model": weights["model"]}
-            weights["ema_updates"] = self.ema.updates
+            weights |= {"ema_updates": self.ema.updates, "ema_decay": self.ema.decay}
         return {
             **weights,
             "preprocessing": getattr(self.model, "preprocessing", FACE_REC).as_dict(),
@@ -363,13 +363,23 @@ class Trainer:
                     "run trains on from its trained weights without one (trainer.ema_decay=0)"
                 )
             return
-        if "train_model" in state:
-            self.ema.load_state_dict({"model": state["model"], "updates": state["ema_updates"]})
-        else:
-            self.ema = WeightEMA(self.model, self.ema.decay)
+        if "train_model" not in state:
+            self.ema.restart(self.model)
             log.warning(
                 "resume: the checkpoint has no weight average; trainer.ema_decay=%g starts one "
-                "from its weights at step %d",
+                "with the steps after step %d",
+                self.ema.decay,
+                state["trainer"]["step"],
+            )
+            return
+        self.ema.module.load_state_dict(state["model"])
+        self.ema.updates = int(state["ema_updates"])
+        saved = state.get("ema_decay", self.ema.decay)
+        if saved != self.ema.decay:
+            log.warning(
+                "resume: the config changes the weight average's decay (%g -> %g); the steps "
+                "from %d on are averaged with the new one",
+                saved,
                 self.ema.decay,
                 state["trainer"]["step"],
             )

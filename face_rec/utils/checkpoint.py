@@ -2,7 +2,9 @@
 
 A checkpoint holds at least ``model`` (backbone state dict) and ``config`` (the resolved run
 config as a plain dict, whose ``model`` entry rebuilds the backbone); training adds head,
-optimizer, scheduler, scaler, RNG states and step.
+optimizer, scheduler, scaler, RNG states and step. With ``trainer.ema_decay`` > 0, ``model`` is
+the weight average (what is evaluated) and ``train_model`` the trained weights, with
+``ema_updates`` and ``ema_decay``.
 """
 
 from __future__ import annotations

@@ -45,17 +45,25 @@ def test_two_ranks_end_with_identical_backbones(tiny, tmp_path):
 
 
 def test_partial_fc_run_resumes_on_another_number_of_ranks(tiny, tmp_path):
-    _train(tiny, tmp_path, "head=arcface", "partial_fc=0.5", "trainer.max_steps=3")
+    ema = "trainer.ema_decay=0.9"  # a weight average too: equal on the ranks, saved unwrapped
+    _train(tiny, tmp_path, "head=arcface", "partial_fc=0.5", "trainer.max_steps=3", ema)
     m = _metrics(tmp_path)
     assert len(set(m["distributed"]["backbone_sha256"])) == 1
+    averages = m["distributed"]["average_sha256"]
+    assert len(averages) == 2 and len(set(averages)) == 1
+    assert averages[0] != m["distributed"]["backbone_sha256"][0]
     run = tmp_path / "train" / "runs" / "ddp"
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert state["ema_updates"] == 3 and state["model"].keys() == state["train_model"].keys()
+    assert not any(k.startswith("module.") for k in state["model"])
     centres = state["loss"]["weight"]
     assert centres.shape == (6, 16)  # both shards, gathered: 6 identities x 16-d
     assert any(v["momentum_buffer"].shape == (6, 16) for v in state["optimizer"]["state"].values())
     _train(tiny, tmp_path, "head=arcface", "partial_fc=0.5", "trainer.max_steps=5",
-           "resume=true", nproc=1)  # fmt: skip
+           "resume=true", ema, nproc=1)  # fmt: skip
     assert _metrics(tmp_path)["train"]["steps"] == 5
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert state["ema_updates"] == 5
 
 
 def _check(rank: int, world: int) -> str:

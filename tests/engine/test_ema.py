@@ -57,6 +57,14 @@ def test_a_decay_outside_0_1_is_refused_with_the_key(decay):
         WeightEMA(_net(), decay)
 
 
+def test_a_bad_decay_stops_training_before_any_data_is_read(tmp_path, monkeypatch):
+    import face_rec.train as train
+
+    monkeypatch.setattr(train, "training_data", lambda cfg: pytest.fail("data read"))
+    with pytest.raises(ValueError, match="trainer.ema_decay=999"):
+        build_trainer(_cfg(None, tmp_path, "trainer.ema_decay=999"), tmp_path)
+
+
 def test_validation_and_checkpoints_use_the_average(pack, tmp_path):  # noqa: F811
     cfg = _cfg(pack, tmp_path, "trainer.ema_decay=0.5", "trainer.checkpoint_every=3")
     trainer, _, _ = build_trainer(cfg, tmp_path)
@@ -69,6 +77,22 @@ def test_validation_and_checkpoints_use_the_average(pack, tmp_path):  # noqa: F8
     trainer.hooks.insert(0, H.Validation(evaluate, every=1))
     trainer.train()
     assert len(seen) == 3 and all(m is trainer.ema.module for m in seen)
+    trainer, _, _ = build_trainer(cfg, tmp_path / "best")  # best.pt: chosen on the average
+    scores = iter([0.5, 0.9, 0.7])  # the best at step 2
+
+    def evaluate_and_keep(model):
+        if trainer.state.step == 2:
+            keep.update({k: v.clone() for k, v in model.state_dict().items()})
+        return {"sets": {}, "select": {"accuracy_mean": next(scores)}}
+
+    keep = {}
+    validation = H.Validation(evaluate_and_keep, every=1)
+    trainer.hooks.insert(0, validation)
+    trainer.hooks.append(H.Checkpoint(tmp_path / "best" / "checkpoints", {}, 0, validation))
+    trainer.train()
+    best = load_checkpoint(tmp_path / "best" / "checkpoints" / "best.pt")
+    assert best["trainer"]["step"] == 2 and best["ema_updates"] == 2
+    assert all(torch.equal(best["model"][k], v) for k, v in keep.items())
     saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert saved["ema_updates"] == 3
     for k, v in trainer.ema.module.state_dict().items():
@@ -78,6 +102,11 @@ def test_validation_and_checkpoints_use_the_average(pack, tmp_path):  # noqa: F8
     assert differ  # the average is not the trained weights
     loaded = model_from_checkpoint(tmp_path / "checkpoints" / "last.pt")  # eval_lfw, export
     for k, v in loaded.state_dict().items():
+        assert torch.equal(v, saved["model"][k])
+    tuned, _, _ = build_trainer(  # fine-tuning starts from the average too
+        _cfg(pack, tmp_path, f"init_from={tmp_path}/checkpoints/last.pt"), tmp_path / "tune"
+    )
+    for k, v in tuned.model.state_dict().items():
         assert torch.equal(v, saved["model"][k])
 
 
@@ -115,11 +144,14 @@ def test_a_checkpoint_without_an_average_starts_one_and_says_so(pack, tmp_path, 
     ema_run, _, _ = build_trainer(_cfg(pack, tmp_path, "trainer.ema_decay=0.9"), tmp_path / "e")
     with caplog.at_level(logging.WARNING):
         ema_run.load_state_dict(state)
-    assert "no weight average" in caplog.text and "at step 3" in caplog.text
+    assert "no weight average" in caplog.text and "the steps after step 3" in caplog.text
     assert ema_run.ema.updates == 0
     for k, v in state["model"].items():
-        assert torch.equal(ema_run.ema.module.state_dict()[k], v)
         assert torch.equal(ema_run.model.state_dict()[k], v)
+    ema_run.max_steps = 4
+    ema_run.train()  # one step: the average is that step's weights
+    for k, v in ema_run.model.state_dict().items():
+        assert torch.equal(ema_run.ema.module.state_dict()[k], v)
     # and back: an averaged checkpoint resumed without averaging trains on its trained weights
     ema_run.train()
     averaged = ema_run.state_dict()
@@ -130,3 +162,9 @@ def test_a_checkpoint_without_an_average_starts_one_and_says_so(pack, tmp_path, 
     assert "without one (trainer.ema_decay=0)" in caplog.text
     for k, v in averaged["train_model"].items():
         assert torch.equal(plain2.model.state_dict()[k], v)
+    other, _, _ = build_trainer(_cfg(pack, tmp_path, "trainer.ema_decay=0.5"), tmp_path / "o")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        other.load_state_dict(averaged)
+    assert "the weight average's decay (0.9 -> 0.5)" in caplog.text
+    assert other.ema.updates == averaged["ema_updates"] == 1
