@@ -8,14 +8,17 @@ slow for large sets, so each cache keeps a record of the stamps it last saw
 inode are those recorded keeps its recorded digest unread, as git's index does (a rewrite that
 restores the old modification time still moves the status-change time); only the others are
 read, and the record is brought up to date, so a fresh copy is read once. The record is keyed
-by each file's absolute path, so copies at two paths checked in turn keep a state each.
+by each file's absolute path, so copies at two paths checked in turn keep a state each; rows of
+files that no longer exist are dropped whenever it is written.
 
 Racy stamps (git's racy-clean case): a file rewritten with the same size within the file
 system's time resolution of being read could keep every field of its stamp and a stale digest.
-A stamp whose status-change time is within :data:`RACY_NS` of the check's start (or after it)
-is therefore used for that check but not recorded, so the next check reads it again. The
-status-change time is the kernel's clock at the change, which no copy or archive sets, so files
-dated in the future by their modification time are trusted like any other.
+A stamp whose status-change time is within :data:`RACY_NS` before the check's start, or during
+the check, is therefore used for that check but not recorded, so the next check reads it again.
+No copy or archive sets the status-change time, so files dated in the future by their
+modification time are trusted like any other. It is the file system's clock, compared with this
+machine's: on a network file system whose server's clock runs more than a second or so behind,
+the guard is weaker by that much.
 """
 
 from __future__ import annotations
@@ -103,9 +106,10 @@ def recorded_file_stamps(
         if st is not None and st.ctime_ns < start - RACY_NS
     }
     if any(recorded.get(p) != st for p, st in settled.items()):
+        kept = {p: st for p, st in recorded.items() if p not in settled and os.path.exists(p)}
         try:
-            write_stamps(record, {**recorded, **settled})
-        except OSError as e:
+            write_stamps(record, {**kept, **settled})
+        except (OSError, UnicodeError) as e:
             log.warning(
                 "could not record the files' stamps in %s (%s): each later check reads every "
                 "changed file again; make the folder writable to avoid that",
@@ -126,7 +130,7 @@ def read_stamps(path: Path) -> dict[str, Stamp]:
     again). A record of face_rec's earlier format (keyed by relative path, filtered by its own
     time rather than the check's start) counts as none."""
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
             rows = csv.DictReader(fh)
             if rows.fieldnames and rows.fieldnames[0] == "source":
                 log.info("stamp record %s is of an earlier format: the files are read once", path)
@@ -144,7 +148,10 @@ def read_stamps(path: Path) -> dict[str, Stamp]:
 
 def write_stamps(path: Path, stamps: Mapping[str, Stamp]) -> None:
     """Record ``stamps`` (absolute file path -> stamp) as CSV, atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with (
+        atomic_path(path) as tmp,
+        open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh,
+    ):
         writer = csv.writer(fh)
         writer.writerow(["path", *(f.name for f in fields(Stamp))])
         writer.writerows((src, *astuple(s)) for src, s in stamps.items())

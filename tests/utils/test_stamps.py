@@ -158,3 +158,29 @@ def test_a_record_of_another_format_is_ignored(tmp_path, caplog):
     record.write_text("path,size,mtime_ns,sha256\na,3,1,0123456789abcdef\n")  # no ctime, inode
     assert stamps.read_stamps(record) == {}
     assert "ignoring the unreadable stamp record" in caplog.text
+
+
+def test_rows_of_files_that_are_gone_are_dropped_when_the_record_is_written(tmp_path, monkeypatch):
+    scratch, data = tmp_path / "scratch", tmp_path / "data"
+    for root in (scratch, data):
+        root.mkdir()
+        (root / "a").write_bytes(b"abc")
+    _later(monkeypatch)
+    record = tmp_path / "stamps.csv"
+    stamps.recorded_file_stamps(scratch, ["a"], record)
+    stamps.recorded_file_stamps(data, ["a"], record)
+    assert set(stamps.read_stamps(record)) == {str(scratch / "a"), str(data / "a")}
+    shutil.rmtree(scratch)  # a job's scratch copy, deleted
+    (data / "b").write_bytes(b"b")
+    stamps.recorded_file_stamps(data, ["a", "b"], record)
+    assert set(stamps.read_stamps(record)) == {str(data / "a"), str(data / "b")}
+
+
+def test_a_folder_name_that_is_not_utf8_is_recorded_and_read_back(tmp_path, monkeypatch):
+    root = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))  # Latin-1 bytes in a name
+    root.mkdir()
+    (root / "a").write_bytes(b"abc")
+    _later(monkeypatch)
+    record = tmp_path / "stamps.csv"
+    first = stamps.recorded_file_stamps(root, ["a"], record)
+    assert stamps.read_stamps(record) == {str(root / "a"): first["a"]}
