@@ -10,11 +10,10 @@ from torch import nn
 
 from face_rec.engine import hooks as H
 from face_rec.engine.ema import WeightEMA
-from face_rec.engine.hooks import Hook
 from face_rec.train import build_trainer
 from face_rec.utils.checkpoint import load_checkpoint, model_from_checkpoint
 
-from .test_trainer import _cfg, pack  # noqa: F401 (pack: a fixture)
+from .test_trainer import _cfg, _interrupted, pack  # noqa: F401 (pack: a fixture)
 
 
 def _net() -> nn.Module:
@@ -114,16 +113,7 @@ def test_resume_continues_the_average_exactly(pack, tmp_path):  # noqa: F811
     over = ["trainer.ema_decay=0.7", "trainer.max_steps=6", "trainer.checkpoint_every=3"]
     whole, _, _ = build_trainer(_cfg(pack, tmp_path, *over), tmp_path / "a")
     whole.train()
-
-    class Kill(Hook):
-        def after_step(self, trainer):
-            if trainer.state.step == 4:
-                raise KeyboardInterrupt
-
-    first, _, _ = build_trainer(_cfg(pack, tmp_path, *over), tmp_path / "b")
-    first.hooks.append(Kill())
-    with pytest.raises(KeyboardInterrupt):
-        first.train()
+    _interrupted(_cfg(pack, tmp_path, *over), tmp_path / "b", at=4)
     resumed, _, _ = build_trainer(_cfg(pack, tmp_path, *over), tmp_path / "b")
     resumed.load_state_dict(load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt"))
     assert resumed.ema.updates == 3

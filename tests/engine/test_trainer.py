@@ -66,6 +66,20 @@ class Record(Hook):
         self.losses.append(trainer.metrics["loss"])
 
 
+def _interrupted(cfg, out, at: int) -> None:
+    """Train as ``cfg`` says and stop as if killed after step ``at`` (checkpoints as written)."""
+
+    class Kill(Hook):
+        def after_step(self, trainer):
+            if trainer.state.step == at:
+                raise KeyboardInterrupt
+
+    trainer, _, _ = build_trainer(cfg, out)
+    trainer.hooks.append(Kill())
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+
+
 def _run(cfg, out):
     trainer, _, _ = build_trainer(cfg, out)
     rec = Record()
@@ -147,16 +161,7 @@ def test_resume_continues_the_exact_loss_sequence(pack, tmp_path):
         "trainer.checkpoint_every=3",
     ]
     _, whole = _run(_cfg(pack, tmp_path, *over), tmp_path / "a")
-
-    class Kill(Hook):
-        def after_step(self, trainer):
-            if trainer.state.step == 4:
-                raise KeyboardInterrupt
-
-    trainer, _, _ = build_trainer(_cfg(pack, tmp_path, *over), tmp_path / "b")
-    trainer.hooks.append(Kill())
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train()
+    _interrupted(_cfg(pack, tmp_path, *over), tmp_path / "b", at=4)
     assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["trainer"]["step"] == 3
     seed_noise = torch.rand(100)  # disturb the global RNG: resume must restore it
     del seed_noise
