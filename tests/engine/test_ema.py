@@ -127,7 +127,9 @@ def test_resume_continues_the_average_exactly(pack, tmp_path):  # noqa: F811
 
 
 def test_a_checkpoint_without_an_average_starts_one_and_says_so(pack, tmp_path, caplog):  # noqa: F811
-    plain, _, _ = build_trainer(_cfg(pack, tmp_path, "trainer.checkpoint_every=3"), tmp_path)
+    plain, _, _ = build_trainer(
+        _cfg(pack, tmp_path, "trainer.ema_decay=0", "trainer.checkpoint_every=3"), tmp_path
+    )
     plain.train()
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert "train_model" not in state
@@ -145,7 +147,7 @@ def test_a_checkpoint_without_an_average_starts_one_and_says_so(pack, tmp_path, 
     # and back: an averaged checkpoint resumed without averaging trains on its trained weights
     ema_run.train()
     averaged = ema_run.state_dict()
-    plain2, _, _ = build_trainer(_cfg(pack, tmp_path), tmp_path / "p")
+    plain2, _, _ = build_trainer(_cfg(pack, tmp_path, "trainer.ema_decay=0"), tmp_path / "p")
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         plain2.load_state_dict(averaged)
