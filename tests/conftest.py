@@ -95,3 +95,16 @@ def tiny_args(tiny) -> list[str]:
         f"val.select={tiny}/select.bin",
         f"paths.pack_dir={tiny}/packs",
     ]
+
+
+def checks_later(monkeypatch, seconds: float = 60) -> None:
+    """File-stamp checks from now on run ``seconds`` later: the files made now count as settled
+    (a file's status-change time cannot be set, so the checks' clock is moved instead)."""
+    import time
+    from types import SimpleNamespace
+
+    import face_rec.utils.stamps as stamps
+
+    monkeypatch.setattr(
+        stamps, "time", SimpleNamespace(time_ns=lambda: time.time_ns() + int(seconds * 10**9))
+    )

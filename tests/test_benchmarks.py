@@ -11,9 +11,7 @@ import json
 import os
 import subprocess
 import sys
-import time
 from datetime import datetime
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,7 +20,7 @@ import torch
 from face_rec.eval.embed import embed_crops
 from face_rec.utils.machine import benchmark_header, code_commit, machine_info
 
-from .conftest import REPO
+from .conftest import REPO, checks_later
 
 BENCH = REPO / "benchmarks"
 #: one torch thread: on a shared 2-core machine two threads spin-wait for each other
@@ -346,8 +344,7 @@ def test_pack_currency_reads_no_file_on_the_stat_path_and_every_file_on_the_othe
     run_alignment(root, tmp_path / "pack", FakeDetector, workers=0, **made)
     real, read = stamps.file_digest, []
     monkeypatch.setattr(stamps, "file_digest", lambda path: read.append(path) or real(path))
-    later = time.time_ns() + 60 * 10**9  # checks a minute later: the files' stamps are settled
-    monkeypatch.setattr(stamps, "time", SimpleNamespace(time_ns=lambda: later))
+    checks_later(monkeypatch)  # checks a minute later: the files' stamps are settled
     run_alignment(root, tmp_path / "pack", FakeDetector, workers=0, **made)  # records them
     read.clear()
     bench = _module("pack_currency")

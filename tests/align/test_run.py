@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +12,8 @@ from face_rec.align.detect import Face
 from face_rec.align.run import ALIGN_VERSION, AlignSettings, run_alignment
 from face_rec.align.warp import ARCFACE_TEMPLATE_112
 from face_rec.data.pack import IncompletePackError, PackedFaces, read_manifest, read_summary
+
+from ..conftest import checks_later
 
 
 class FakeDetector:
@@ -290,8 +290,7 @@ def test_a_copy_of_the_same_files_keeps_the_pack_and_other_contents_do_not(tmp_p
     monkeypatch.setattr(stamps, "file_digest", lambda path: read.append(path) or real(path))
     for path in sorted(root.rglob("*.png")):  # copied again: same bytes, new times
         path.write_bytes(path.read_bytes())
-    later = time.time_ns() + 60 * 10**9  # the checks a minute later (settled, not racy)
-    monkeypatch.setattr(stamps, "time", SimpleNamespace(time_ns=lambda: later))
+    checks_later(monkeypatch)  # the checks a minute later (settled, not racy)
     assert current_pack(root, pack) is not None and pack_changes(root, pack) == []
     assert len(read) == 6  # read once, then recorded with their new times
     again = run_alignment(root, pack, _interrupting(0), workers=0)  # would raise if it aligned
@@ -337,8 +336,7 @@ def test_a_pack_without_digests_is_not_current_and_nothing_is_read(tmp_path, mon
 
     root = _tree(tmp_path / "in", n_ids=2, per_id=2)
     pack = tmp_path / "pack"
-    later = time.time_ns() + 60 * 10**9  # the checks a minute later: the stamps are recorded
-    monkeypatch.setattr(stamps, "time", SimpleNamespace(time_ns=lambda: later))
+    checks_later(monkeypatch)  # the checks a minute later: the stamps are recorded
     run_alignment(root, pack, FakeDetector, workers=0)
     rows = read_manifest(pack / "manifest.csv")
     columns = [c for c in rows[0] if c not in LATER_COLUMNS]

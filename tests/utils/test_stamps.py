@@ -8,20 +8,13 @@ import os
 import shutil
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 import face_rec.utils.stamps as stamps
 from face_rec.utils.stamps import Stamp, content_key, file_stamps
 
-
-def _later(monkeypatch, seconds=60):
-    """Checks from now on run ``seconds`` later (a file's status-change time cannot be set, so
-    the files made now are settled by moving the checks' clock instead)."""
-    monkeypatch.setattr(
-        stamps, "time", SimpleNamespace(time_ns=lambda: time.time_ns() + seconds * 10**9)
-    )
+from ..conftest import checks_later
 
 
 def _counting(monkeypatch) -> list[str]:
@@ -77,7 +70,7 @@ def test_an_unreadable_record_is_ignored_with_a_warning(tmp_path, caplog):
 def test_a_record_keeps_the_stamps_for_the_next_check(tmp_path, monkeypatch):
     for name in ("a", "b"):
         (tmp_path / name).write_bytes(name.encode())
-    _later(monkeypatch)
+    checks_later(monkeypatch)
     read = _counting(monkeypatch)
     record = tmp_path / "cache" / "stamps.csv"
     first = stamps.recorded_file_stamps(tmp_path, ["a", "b"], record)
@@ -109,7 +102,7 @@ def test_a_file_changed_as_the_check_starts_is_read_again_next_time(tmp_path, mo
     assert stamps.read_stamps(record) == {}  # not recorded
     stamps.recorded_file_stamps(tmp_path, ["a"], record)
     assert read == ["a", "a"]
-    _later(monkeypatch, 3)  # a check that starts 3 s after the change: recorded, then trusted
+    checks_later(monkeypatch, 3)  # a check that starts 3 s after the change: recorded, then trusted
     stamps.recorded_file_stamps(tmp_path, ["a"], record)
     stamps.recorded_file_stamps(tmp_path, ["a"], record)
     assert read == ["a", "a", "a"]
@@ -122,7 +115,7 @@ def test_copies_at_two_paths_checked_in_turn_keep_a_state_each(tmp_path, monkeyp
     (one / "a").write_bytes(b"abc")
     two = tmp_path / "two"
     shutil.copytree(one, two)
-    _later(monkeypatch)
+    checks_later(monkeypatch)
     read = _counting(monkeypatch)
     record = tmp_path / "stamps.csv"
     digest = hashlib.sha256(b"abc").hexdigest()[:16]
@@ -165,7 +158,7 @@ def test_rows_of_files_that_are_gone_are_dropped_when_the_record_is_written(tmp_
     for root in (scratch, data):
         root.mkdir()
         (root / "a").write_bytes(b"abc")
-    _later(monkeypatch)
+    checks_later(monkeypatch)
     record = tmp_path / "stamps.csv"
     stamps.recorded_file_stamps(scratch, ["a"], record)
     stamps.recorded_file_stamps(data, ["a"], record)
@@ -180,7 +173,7 @@ def test_a_folder_name_that_is_not_utf8_is_recorded_and_read_back(tmp_path, monk
     root = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))  # Latin-1 bytes in a name
     root.mkdir()
     (root / "a").write_bytes(b"abc")
-    _later(monkeypatch)
+    checks_later(monkeypatch)
     record = tmp_path / "stamps.csv"
     first = stamps.recorded_file_stamps(root, ["a"], record)
     assert stamps.read_stamps(record) == {str(root / "a"): first["a"]}
