@@ -25,6 +25,7 @@ def test_fine_tune_from_an_adaface_ckpt_with_frozen_stages(pack, tmp_path):  # n
         "trainer.freeze_stages=1",
         "trainer.backbone_lr_scale=0.1",
         "trainer.max_steps=3",
+        "trainer.ema_decay=0.999",  # the saved model is the average: frozen stages stay in it too
     ]
     trainer, _, _ = build_trainer(_cfg(pack, tmp_path, *over), tmp_path / "probe")
     groups = trainer.optimizer.param_groups
@@ -46,6 +47,15 @@ def test_fine_tune_from_an_adaface_ckpt_with_frozen_stages(pack, tmp_path):  # n
         torch.testing.assert_close(again(x), tuned(x))
     saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert saved["preprocessing"]["colour"] == "BGR"
+    assert saved["ema_updates"] == 3  # the average of the trained weights, also untouched there
+    frozen = [
+        k
+        for k in saved["model"]
+        if k.startswith(("backbone.stem.", "backbone.body.0.", "backbone.body.1."))
+    ]
+    assert frozen
+    for k in frozen:
+        assert torch.equal(saved["train_model"][k], saved["model"][k]), k
 
 
 def test_init_from_a_face_rec_checkpoint_fine_tuned_from_adaface(pack, tmp_path):  # noqa: F811
