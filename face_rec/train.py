@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from face_rec import distributed as D
 from face_rec.align.cli import alignment_kwargs
-from face_rec.align.run import pack_changes, run_alignment
+from face_rec.align.run import pack_changes, run_alignment, unchecked_note
 from face_rec.config_check import check_config
 from face_rec.data.holdout import holdout_pairs
 from face_rec.data.pack import read_summary
@@ -69,7 +69,7 @@ def ensure_pack(source: DictConfig, align: DictConfig) -> None:
             kw["chunk_size"],
             scan=True,
         )
-        if not Path(source.image_dir).is_dir() and len(changes) == 1:  # only the note
+        if changes == [unchecked_note(source.image_dir)]:  # no difference found: a note
             log.info("training on the pack %s: %s", source.pack_dir, changes[0])
         elif changes:
             log.warning(

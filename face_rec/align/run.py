@@ -627,7 +627,7 @@ def pack_changes(
         return []
     if not Path(input_dir).is_dir():
         meta = _meta_changes(summary, settings, detector_settings, chunk_size)
-        return [*meta, f"its source folder {input_dir} is absent, so its files were not checked"]
+        return [*meta, unchecked_note(input_dir)]
     state = _pack_state(input_dir, output_dir, settings, detector_settings, chunk_size)
     if state is None:
         return []
@@ -649,6 +649,11 @@ def pack_changes(
     if not current and not changes:
         changes.append("its key differs from these arguments' for a reason not recorded in it")
     return changes
+
+
+def unchecked_note(input_dir: str | Path) -> str:
+    """:func:`pack_changes`'s last entry when ``input_dir`` is absent (not a difference found)."""
+    return f"its source folder {input_dir} is absent, so its files were not checked"
 
 
 def _meta_changes(
