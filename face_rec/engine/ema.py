@@ -8,7 +8,9 @@ BatchNorm statistics alike; integer buffers are copied). That is the moving aver
 The weights of about the last ``1 / (1 - decay)`` steps dominate, so the horizon should be a
 fraction of the run: in a run not much longer than it, early, high-LR weights count too (0.999
 over 2,100 steps gives the first half a quarter of the weight). BatchNorm statistics are
-averaged like the weights, as timm does, not recomputed for the averaged weights as SWA does.
+averaged like the weights, as timm does, not recomputed for the averaged weights as SWA does
+(tested on the demo and not adopted: experiments/cpu_demo.md, "BatchNorm statistics for the
+average").
 The average is what validation embeds and what checkpoints hold as ``model``; the trained
 weights go on training. (timm's ``ModelEmaV2`` keeps the initial weights in the average with
 weight ``decay ** n``; TensorFlow's ``ExponentialMovingAverage(num_updates=)`` and timm's

@@ -1,0 +1,65 @@
+"""Recompute the BatchNorm statistics of a run's weight average (SWA's ``update_bn``) and write
+its checkpoint with them, for the eleventh session's test (experiments/cpu_demo.md, "BatchNorm
+statistics for the average"); not a trainer option (the test did not adopt it).
+
+    python experiments/bn_recompute.py logs/train/runs/<run> <out dir> [--batches 100]
+
+The run's checkpoint ``best.pt`` holds the average as ``model`` (``trainer.ema_decay`` > 0). Every
+BatchNorm's running mean and variance are reset and recomputed as the equal-weight average over
+``--batches`` of the run's own first training batches, drawn and augmented as its training drew
+them (its config, batch plan and augmentation seed), in train mode without gradients;
+``<out dir>/best.pt`` is the checkpoint with those statistics in ``model`` (everything else as
+saved), for ``eval_lfw.py checkpoint=<out dir>/best.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from face_rec.train import build_trainer  # noqa: E402
+from face_rec.utils.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", type=Path, help="a training run's folder (with .hydra/config.yaml)")
+    p.add_argument("out", type=Path, help="where best.pt with the new statistics is written")
+    p.add_argument("--batches", type=int, default=100, help="training batches to average over")
+    args = p.parse_args()
+    ckpt = load_checkpoint(args.run / "checkpoints" / "best.pt")
+    if "train_model" not in ckpt:
+        sys.exit(f"{args.run}: its best.pt holds no weight average (trained with ema_decay 0)")
+    cfg = OmegaConf.load(args.run / ".hydra" / "config.yaml")
+    cfg.val.sets = {}  # no validation lists are prepared
+    args.out.mkdir(parents=True, exist_ok=True)
+    trainer, _, _ = build_trainer(cfg, args.out)
+    model = trainer.ema.module
+    model.load_state_dict(ckpt["model"])
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative (equal-weight) average over the batches
+    model.train()
+    batches = trainer.micro_batches()
+    with torch.no_grad():
+        for _ in range(args.batches):
+            images, _, _ = next(batches)
+            model(trainer.augment(images).contiguous(memory_format=trainer.memory_format))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    ckpt["model"] = {k: v.clone() for k, v in model.eval().state_dict().items()}
+    save_checkpoint(args.out / "best.pt", ckpt)
+    print(f"{args.out / 'best.pt'}: {len(norms)} BatchNorm layers over {args.batches} batches")
+
+
+if __name__ == "__main__":
+    main()
