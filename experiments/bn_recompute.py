@@ -4,12 +4,12 @@ statistics for the average"); not a trainer option (the test did not adopt it).
 
     python experiments/bn_recompute.py logs/train/runs/<run> <out dir> [--batches 100]
 
-The run's checkpoint ``best.pt`` holds the average as ``model`` (``trainer.ema_decay`` > 0). Every
-BatchNorm's running mean and variance are reset and recomputed as the equal-weight average over
-``--batches`` of the run's own first training batches, drawn and augmented as its training drew
-them (its config, batch plan and augmentation seed), in train mode without gradients;
-``<out dir>/best.pt`` is the checkpoint with those statistics in ``model`` (everything else as
-saved), for ``eval_lfw.py checkpoint=<out dir>/best.pt``.
+The run's checkpoint (``--checkpoint``, default ``best.pt``) holds the average as ``model``
+(``trainer.ema_decay`` > 0). Every BatchNorm's running mean and variance are reset and
+recomputed as the equal-weight average over ``--batches`` of the run's own first training
+batches, drawn and augmented as its training drew them (its config, batch plan and augmentation
+seed), in train mode without gradients. ``<out dir>/<checkpoint>`` is that checkpoint with those
+statistics in ``model``, everything else as saved, for ``eval_lfw.py checkpoint=...``.
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ def main() -> None:
     p.add_argument("run", type=Path, help="a training run's folder (with .hydra/config.yaml)")
     p.add_argument("out", type=Path, help="where best.pt with the new statistics is written")
     p.add_argument("--batches", type=int, default=100, help="training batches to average over")
+    p.add_argument("--checkpoint", default="best.pt", help="which of the run's checkpoints")
     args = p.parse_args()
-    ckpt = load_checkpoint(args.run / "checkpoints" / "best.pt")
+    ckpt = load_checkpoint(args.run / "checkpoints" / args.checkpoint)
     if "train_model" not in ckpt:
-        sys.exit(f"{args.run}: its best.pt holds no weight average (trained with ema_decay 0)")
+        sys.exit(f"{args.run}: its {args.checkpoint} holds no weight average (ema_decay 0)")
     cfg = OmegaConf.load(args.run / ".hydra" / "config.yaml")
     cfg.val.sets = {}  # no validation lists are prepared
     args.out.mkdir(parents=True, exist_ok=True)
@@ -57,8 +58,8 @@ def main() -> None:
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     ckpt["model"] = {k: v.clone() for k, v in model.eval().state_dict().items()}
-    save_checkpoint(args.out / "best.pt", ckpt)
-    print(f"{args.out / 'best.pt'}: {len(norms)} BatchNorm layers over {args.batches} batches")
+    save_checkpoint(args.out / args.checkpoint, ckpt)
+    print(f"{args.out / args.checkpoint}: {len(norms)} BatchNorm layers, {args.batches} batches")
 
 
 if __name__ == "__main__":

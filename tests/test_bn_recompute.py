@@ -1,0 +1,64 @@
+"""experiments/bn_recompute.py: the average's BatchNorm statistics recomputed as torch's
+``update_bn`` computes them, everything else as saved."""
+
+import copy
+import importlib.util
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from face_rec.train import build_trainer, train_from_config
+from face_rec.utils.checkpoint import load_checkpoint
+
+from .conftest import REPO
+from .engine.test_trainer import _cfg, pack  # noqa: F401 (pack: a fixture)
+
+spec = importlib.util.spec_from_file_location(
+    "bn_recompute", REPO / "experiments" / "bn_recompute.py"
+)
+bn_recompute = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bn_recompute)
+
+
+def _script(monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", ["bn_recompute.py", *map(str, args)])
+    bn_recompute.main()
+
+
+def test_statistics_are_update_bns_over_the_runs_own_first_batches(pack, tmp_path, monkeypatch):  # noqa: F811
+    cfg = _cfg(pack, tmp_path, "trainer.ema_decay=0.5", "model=iresnet18", "model.width=0.25")
+    run = tmp_path / "run"
+    train_from_config(cfg, run)
+    (run / ".hydra").mkdir()
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    _script(monkeypatch, run, tmp_path / "out", "--batches", 3, "--checkpoint", "last.pt")
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")
+    got = load_checkpoint(tmp_path / "out" / "last.pt")
+    # the reference: torch's update_bn on the first 3 batches a fresh trainer of this config
+    # draws and augments, applied to the average as saved
+    trainer, _, _ = build_trainer(cfg, tmp_path / "ref")
+    ref = copy.deepcopy(trainer.ema.module)
+    ref.load_state_dict(saved["model"])
+    batches = trainer.micro_batches()
+    inputs = [trainer.augment(next(batches)[0]) for _ in range(3)]
+    torch.optim.swa_utils.update_bn(inputs, ref)
+    want = ref.state_dict()
+    changed = [k for k in want if "running" in k]
+    assert changed
+    for k, v in got["model"].items():
+        torch.testing.assert_close(v, want[k], rtol=1e-5, atol=1e-6, msg=k)
+        if "running" in k:
+            assert not torch.equal(v, saved["model"][k]), k  # recomputed
+        elif "num_batches_tracked" not in k:
+            assert torch.equal(v, saved["model"][k]), k  # the weights as averaged
+    for k in ("train_model", "config", "ema_updates"):
+        assert str(got[k]) == str(saved[k])
+
+
+def test_a_run_without_an_average_is_refused(pack, tmp_path, monkeypatch):  # noqa: F811
+    cfg = _cfg(pack, tmp_path, "trainer.ema_decay=0")
+    train_from_config(cfg, tmp_path / "run")
+    with pytest.raises(SystemExit, match="holds no weight average"):
+        _script(monkeypatch, tmp_path / "run", tmp_path / "out", "--checkpoint", "last.pt")
