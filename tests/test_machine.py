@@ -43,3 +43,17 @@ def test_training_metrics_record_the_machine_and_the_commit(tiny, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     _expected(metrics["machine"])
     assert metrics["commit"] == code_commit()  # this checkout's HEAD (None outside git)
+
+
+def test_instruction_set_limits_in_the_environment_are_recorded(monkeypatch):
+    from face_rec.utils.machine import ISA_VARIABLES
+
+    for k in ISA_VARIABLES:
+        monkeypatch.delenv(k, raising=False)
+    assert machine_info()["isa_limits"] is None
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert machine_info()["isa_limits"] == {
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    }

@@ -29,7 +29,8 @@ def cpu_model() -> str:
 
 def machine_info(device: str | torch.device | None = None) -> dict:
     """torch version, CPU capability (``torch.backends.cpu.get_cpu_capability()``: AVX512,
-    AVX2, ...), CPU model, logical CPUs usable, torch's intra-op threads, and, when ``device``
+    AVX2, ...), CPU model, logical CPUs usable, torch's intra-op threads, instruction-set limits
+    set in the environment (:func:`isa_limits`), and, when ``device``
     is a CUDA device, the GPU model, its memory (GiB) and the CUDA and cuDNN versions torch
     runs with (else null)."""
     gpu = None
@@ -43,9 +44,26 @@ def machine_info(device: str | torch.device | None = None) -> dict:
         if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "isa_limits": isa_limits(),
         "gpu": gpu,
         **_gpu_details(torch.device(device) if gpu else None),
     }
+
+
+#: environment variables that make torch, oneDNN and MKL use fewer instructions than the CPU has
+ISA_VARIABLES = (
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "MKL_ENABLE_INSTRUCTIONS",
+)
+
+
+def isa_limits() -> dict[str, str] | None:
+    """The :data:`ISA_VARIABLES` set in this process (e.g. AVX2 kernels emulated on an AVX-512
+    CPU: ``cpu_capability`` then names the limit, not the CPU), or None."""
+    limits = {k: os.environ[k] for k in ISA_VARIABLES if os.environ.get(k)}
+    return limits or None
 
 
 def _gpu_details(device: torch.device | None) -> dict:
