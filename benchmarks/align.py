@@ -19,19 +19,18 @@ import argparse
 import functools
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from face_rec.align.detect import FaceDetector, choose_face
 from face_rec.align.run import list_inputs, run_alignment
 from face_rec.align.warp import align_face
+from face_rec.utils.machine import benchmark_header
 
 MIN_FACE = {"lfw": 40, "celeba299": 16}
 
@@ -85,6 +84,7 @@ def main() -> None:
     print(
         json.dumps(
             {
+                **benchmark_header("cpu"),
                 "dataset": args.dataset,
                 "n_face_rec": len(sample),
                 "n_baseline": len(sources),
@@ -96,8 +96,6 @@ def main() -> None:
                 "baseline_runs": [round(x, 2) for x in base],
                 "face_rec_runs": [round(x, 2) for x in mine],
                 "cpus": len(os.sched_getaffinity(0)),
-                "torch_threads": torch.get_num_threads(),
-                "machine": platform.processor() or platform.machine(),
             }
         )
     )

@@ -22,6 +22,7 @@ from face_rec.align.detect import FaceDetector
 from face_rec.align.quality import landmark_errors, reference_crop
 from face_rec.data.images import load_rgb
 from face_rec.data.pack import open_images, read_manifest, read_summary
+from face_rec.utils.machine import benchmark_header
 
 
 def main() -> None:
@@ -57,6 +58,7 @@ def main() -> None:
     print(
         json.dumps(
             {
+                **benchmark_header("cpu"),
                 "pack": str(args.pack),
                 "n": len(rows),
                 "redetected_both": int(both.sum()),

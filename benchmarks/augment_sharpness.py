@@ -13,6 +13,7 @@ shift interpolated at the small size blurs). One line of output.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from face_rec.data.augment import resize, shift_zoom
+from face_rec.utils.machine import benchmark_header
 
 
 def laplacian_energy(x: torch.Tensor) -> float:
@@ -46,6 +48,7 @@ def main() -> None:
     ev = laplacian_energy(resize(x, args.size))
     crop_first = laplacian_energy(resize(shift_zoom(x, theta), args.size))
     small_first = laplacian_energy(shift_zoom(resize(x, args.size), theta))
+    print(json.dumps(benchmark_header("cpu")))
     print(
         f"{b} crops of {side} px at {args.size} px, Laplacian energy relative to evaluation "
         f"crops: shift the crop, then resize {crop_first / ev:.2f}; resize, then shift "

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from face_rec.eval.embed import embed_crops
 from face_rec.models.registry import create_model
+from face_rec.utils.machine import benchmark_header
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,8 +63,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
     result = {
+        **benchmark_header("cpu"),
         "model": args.model,
-        "torch_threads": torch.get_num_threads(),
         "embed_img_s_flip": round(embedding_throughput(args.model, args.n, True, 3), 2),
         "embed_img_s_noflip": round(embedding_throughput(args.model, args.n, False, 3), 2),
     }

@@ -56,6 +56,7 @@ import torch
 
 from face_rec.eval import ijb
 from face_rec.eval.ijb_data import extract_features, write_chunk
+from face_rec.utils.machine import benchmark_header
 
 N_IMAGES, N_TEMPLATES, N_PAIRS, DIM = 469_375, 23_124, 15_658_489, 512
 GENUINE = 19_557 / N_PAIRS  # IJB-C's genuine share
@@ -379,7 +380,7 @@ def main() -> None:
         if args.keep:
             print(f"- tree kept in {report['tree']['root']}")
         if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=1))
+            Path(args.json).write_text(json.dumps({**benchmark_header("cpu"), **report}, indent=1))
         return
     rows = scoring_benchmark(args.repeats)
     speed = extraction_benchmark(args.extract_images)

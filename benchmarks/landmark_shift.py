@@ -12,11 +12,13 @@ source-image pixels; prints the median, the 99th percentile and the maximum.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 
 from face_rec.data.pack import read_manifest
+from face_rec.utils.machine import benchmark_header
 
 
 def landmarks(pack: Path) -> dict[str, np.ndarray]:
@@ -34,6 +36,7 @@ def main() -> None:
     args = p.parse_args()
     a, b = landmarks(args.a), landmarks(args.b)
     d = np.array([np.abs(a[s] - b[s]).max() for s in a if s in b])
+    print(json.dumps(benchmark_header("cpu")))
     print(
         f"{len(d)} images in both: median {np.median(d):.2f} px, 99th percentile "
         f"{np.percentile(d, 99):.2f}, max {d.max():.2f}"

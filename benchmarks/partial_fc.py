@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from face_rec.losses import ArcFaceLoss  # noqa: E402
 from face_rec.models.heads import CosineHead  # noqa: E402
 from face_rec.models.partial_fc import PartialFC  # noqa: E402
+from face_rec.utils.machine import benchmark_header  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -111,6 +112,7 @@ def main() -> None:
                     help="full, pfc<r>")  # fmt: skip
     args = ap.parse_args()
     kinds = [("full", 1.0) if h == "full" else ("pfc", float(h[3:])) for h in args.heads]
+    print(json.dumps(benchmark_header("cpu")))
     print(f"torch {torch.__version__}, {args.cores} cores, D={args.dim}, B={args.batch}/rank")
     print("| C | W | head | step s (median) | peak RSS MB / rank | head MB / rank |")
     print("| ---: | ---: | --- | ---: | ---: | ---: |")

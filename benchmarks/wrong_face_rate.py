@@ -24,6 +24,7 @@ from face_rec.align.sheets import tile
 from face_rec.data.pack import open_images, read_manifest
 from face_rec.eval.embed import embed_crops
 from face_rec.utils.checkpoint import model_from_checkpoint
+from face_rec.utils.machine import benchmark_header
 
 
 def main() -> None:
@@ -69,6 +70,7 @@ def main() -> None:
     print(
         json.dumps(
             {
+                **benchmark_header("cpu"),
                 "pack": str(args.pack),
                 "ok_crops_scored": int(scored.sum()),
                 "flagged": len(flagged),

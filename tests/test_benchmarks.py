@@ -284,6 +284,13 @@ def test_embedding_paths_match_embed_crops_and_a_wrong_one_is_caught():
 # ------------------------------------------------------------------ benchmark header
 
 
+def test_every_benchmark_records_the_machine_it_ran_on():
+    """Issue 15: every benchmark record names the CPU capability, torch version and threads."""
+    scripts = sorted(BENCH.glob("*.py"))
+    assert len(scripts) >= 10
+    assert [p.name for p in scripts if "benchmark_header(" not in p.read_text()] == []
+
+
 def test_benchmark_header_names_machine_date_and_commit(tmp_path):
     header = benchmark_header("cpu")
     _header_ok(header)
