@@ -284,6 +284,22 @@ def test_embedding_paths_match_embed_crops_and_a_wrong_one_is_caught():
 # ------------------------------------------------------------------ benchmark header
 
 
+def test_isa_limits_quick_runs_each_side_in_its_own_process(tmp_path):
+    out = tmp_path / "isa.json"
+    _script("isa_limits", "--quick", "--out", str(out))
+    demo = json.loads(out.read_text())["demo"]
+    assert demo["limited_isa_limits"] == {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    }
+    assert demo["limited_capability"] == "AVX2"  # torch did run its AVX2 kernels
+    assert demo["img_s"]["native_median"] > 0 and demo["img_s"]["limited_median"] > 0
+    assert demo["img_s"]["ratios"] == [
+        round(demo["img_s"]["limited_median"] / demo["img_s"]["native_median"], 3)
+    ]
+
+
 def test_every_benchmark_records_the_machine_it_ran_on():
     """Issue 15: every benchmark record names the CPU capability, torch version and threads."""
     scripts = sorted(BENCH.glob("*.py"))
