@@ -123,6 +123,8 @@ def main() -> None:
                 "limited_median": round(statistics.median(limited), 2),
                 "ratio_median": round(statistics.median(ratios), 3),
                 "ratios": [round(x, 3) for x in ratios],
+                "native_runs": native,
+                "limited_runs": limited,
             }
         report[task] = entry
         print(json.dumps({task: entry}))

@@ -12,7 +12,8 @@ commit's runs), training sources with their identity lists (but LFW's
 DevTrain list) and their filter, a pair list whose images were kept out; "[k-fold CV]" where the
 reported accuracy's threshold is not a calibration list's). ``--previous`` adds the runs of an
 earlier output's run table (runs whose directories are gone). Runs of one recipe on one machine
-(CPU capability, threads and, where recorded, CPU model), i.e. its seeds, make one point: the
+(CPU capability, threads and, where recorded, CPU model and instruction-set limits set in the
+environment), i.e. its seeds, make one point: the
 mean, with the seeds' sample standard deviation as an error bar. A recipe is on the frontier
 when no recipe on the same machine, scored the same way, was both faster and more accurate on
 average. Writes ``<out>.png``
@@ -75,7 +76,9 @@ def load_run(run: Path) -> dict:
         "accuracy": r.values["accuracy"],
         "select": r.values["select_accuracy"],
         "machine": f"{r.machine['cpu_capability']}, {r.machine['threads']} thread(s)"
-        + (f", {_cpu(r.machine['cpu_model'])}" if r.machine.get("cpu_model") else ""),
+        + (f", {_cpu(r.machine['cpu_model'])}" if r.machine.get("cpu_model") else "")
+        # instruction sets held back by the environment (AVX2 kernels on an AVX-512 CPU)
+        + (", ISA limited by the environment" if r.machine.get("isa_limits") else ""),
     }
 
 

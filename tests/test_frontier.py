@@ -162,3 +162,18 @@ def test_a_weight_average_is_a_recipe_of_its_own(tmp_path):
     plain, off, ema = (frontier.load_run(r)["label"] for r in runs)
     assert off == plain and ", weight average 0.999" in ema
     assert ema.replace(", weight average 0.999", "") == plain
+
+
+def test_a_run_with_instruction_sets_held_back_is_a_machine_of_its_own(tmp_path):
+    intel = "Intel(R) Xeon(R) Processor"
+    native = frontier.load_run(Path(_run(tmp_path, "native", 9, 0.88, 2, COSFACE, cpu=intel)))
+    run = Path(_run(tmp_path, "limited", 10, 0.88, 2, COSFACE, cpu=intel))
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["machine"] |= {"cpu_capability": "AVX2", "isa_limits": {"ATEN_CPU_CAPABILITY": "avx2"}}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    limited = frontier.load_run(run)
+    assert native["machine"] == "AVX512, 2 thread(s), Intel Xeon Processor"
+    assert limited["machine"] == (
+        "AVX2, 2 thread(s), Intel Xeon Processor, ISA limited by the environment"
+    )
+    assert limited["label"] == native["label"]  # the same recipe, on another machine kind
