@@ -368,6 +368,7 @@ def main() -> None:
         report = run_command_steps(root, root / "features", int(args.child[1]))
         print(json.dumps(report))
         return
+    print(json.dumps(benchmark_header("cpu")))
     load_before = os.getloadavg()
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     if args.real_path:

@@ -6,9 +6,10 @@
 No session has had an AVX2 CPU, the kind issue 15 judges the demo's time on. This measures the
 one part of that difference an AVX-512 machine can show: its own cores restricted to AVX2
 instructions through the libraries' switches (:data:`LIMITS`: torch's kernels, oneDNN's
-convolutions, MKL's matrix products), not an AVX2 CPU's clock, caches or core count. Each round
-runs every task twice in fresh processes, without and with the limits, alternating (this VM's
-speed drifts by 10-20% over minutes); the report gives each side's median and the median of the
+convolutions, MKL's matrix products; not numpy's kernels or Pillow's decoding), not an AVX2
+CPU's clock, caches or core count. Each round runs every task twice in fresh processes, without
+and with the limits (native first in odd rounds, limited first in even ones: this VM's speed
+drifts by 10-20% over minutes); the report gives each side's median and the median of the
 per-round ratios (limited / native). Tasks:
 
 - ``demo``: ``train_speed.py`` on the demo's training step (IResNet-18 x0.25 at 48 px from 112 px
@@ -33,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from face_rec.utils.io import write_json  # noqa: E402
-from face_rec.utils.machine import benchmark_header  # noqa: E402
+from face_rec.utils.machine import ISA_VARIABLES, benchmark_header  # noqa: E402
 
 #: what an AVX2 CPU's torch would run (face_rec.utils.machine.ISA_VARIABLES records them)
 LIMITS = {
@@ -66,7 +67,7 @@ def run(task: str, limited: bool, args: argparse.Namespace) -> dict:
     cmd += ["--steps", str(args.steps)] if task != "align" else ["--n", str(args.align_n)]
     cmd += ["--repeats", "1"] if task == "align" else []
     cmd += ["--quick"] if args.quick else []
-    env = {k: v for k, v in os.environ.items() if k not in LIMITS}
+    env = {k: v for k, v in os.environ.items() if k not in ISA_VARIABLES}  # native: none
     env.update(LIMITS if limited else {})
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
@@ -103,7 +104,7 @@ def main() -> None:
     runs = {t: {"native": [], "limited": []} for t in args.tasks}
     for r in range(args.rounds):
         for task in args.tasks:
-            for side in ("native", "limited"):
+            for side in ("native", "limited")[:: 1 if r % 2 == 0 else -1]:  # ABBA order
                 got = run(task, side == "limited", args)
                 runs[task][side].append(got)
                 print(f"round {r + 1} {task} {side}: {got['img_s']:.1f} img/s", flush=True)

@@ -5,11 +5,12 @@ statistics for the average"); not a trainer option (the test did not adopt it).
     python experiments/bn_recompute.py logs/train/runs/<run> <out dir> [--batches 100]
 
 The run's checkpoint (``--checkpoint``, default ``best.pt``) holds the average as ``model``
-(``trainer.ema_decay`` > 0). Every BatchNorm's running mean and variance are reset and
-recomputed as the equal-weight average over ``--batches`` of the run's own first training
-batches, drawn and augmented as its training drew them (its config, batch plan and augmentation
-seed), in train mode without gradients. ``<out dir>/<checkpoint>`` is that checkpoint with those
-statistics in ``model``, everything else as saved, for ``eval_lfw.py checkpoint=...``.
+(``trainer.ema_decay`` > 0; a run with frozen stages is refused). Every BatchNorm's running
+mean and variance are reset and recomputed as the equal-weight average over ``--batches`` of
+the run's own first training batches, drawn and augmented as its training drew them (its
+config, batch plan and augmentation seed), in train mode without gradients.
+``<out dir>/<checkpoint>`` is that checkpoint with those statistics in ``model``, everything
+else as saved, for ``eval_lfw.py checkpoint=...``.
 """
 
 from __future__ import annotations
@@ -31,14 +32,23 @@ from face_rec.utils.checkpoint import load_checkpoint, save_checkpoint  # noqa: 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", type=Path, help="a training run's folder (with .hydra/config.yaml)")
-    p.add_argument("out", type=Path, help="where best.pt with the new statistics is written")
+    p.add_argument("out", type=Path, help="where the checkpoint with new statistics is written")
     p.add_argument("--batches", type=int, default=100, help="training batches to average over")
     p.add_argument("--checkpoint", default="best.pt", help="which of the run's checkpoints")
     args = p.parse_args()
     ckpt = load_checkpoint(args.run / "checkpoints" / args.checkpoint)
     if "train_model" not in ckpt:
-        sys.exit(f"{args.run}: its {args.checkpoint} holds no weight average (ema_decay 0)")
+        sys.exit(
+            f"{args.run}: its {args.checkpoint} holds no weight average (trained with "
+            "trainer.ema_decay=0); use a run trained with trainer.ema_decay > 0, e.g. 0.999"
+        )
     cfg = OmegaConf.load(args.run / ".hydra" / "config.yaml")
+    if cfg.trainer.get("freeze_stages"):
+        sys.exit(
+            f"{args.run}: trained with trainer.freeze_stages={cfg.trainer.freeze_stages}, whose "
+            "BatchNorm statistics training kept; this script would recompute them too, so it "
+            "takes only runs without frozen stages"
+        )
     cfg.val.sets = {}  # no validation lists are prepared
     args.out.mkdir(parents=True, exist_ok=True)
     trainer, _, _ = build_trainer(cfg, args.out)

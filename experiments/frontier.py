@@ -77,9 +77,26 @@ def load_run(run: Path) -> dict:
         "select": r.values["select_accuracy"],
         "machine": f"{r.machine['cpu_capability']}, {r.machine['threads']} thread(s)"
         + (f", {_cpu(r.machine['cpu_model'])}" if r.machine.get("cpu_model") else "")
-        # instruction sets held back by the environment (AVX2 kernels on an AVX-512 CPU)
-        + (", ISA limited by the environment" if r.machine.get("isa_limits") else ""),
+        + _limits(r.machine.get("isa_limits")),
     }
+
+
+#: the libraries whose instruction sets face_rec.utils.machine.ISA_VARIABLES limit, for labels
+_LIBRARY = {
+    "ATEN_CPU_CAPABILITY": "torch",
+    "ONEDNN_MAX_CPU_ISA": "onednn",
+    "DNNL_MAX_CPU_ISA": "onednn",
+    "MKL_ENABLE_INSTRUCTIONS": "mkl",
+}
+
+
+def _limits(limits: dict | None) -> str:
+    """Instruction sets held back by the environment (AVX2 kernels on an AVX-512 CPU), each
+    library's limit named: ``, limits mkl=avx2 onednn=avx2 torch=avx2``."""
+    if not limits:
+        return ""
+    named = sorted(f"{_LIBRARY.get(k, k)}={v.lower()}" for k, v in limits.items())
+    return ", limits " + " ".join(named)
 
 
 def _augmented_resized(cfg: dict) -> bool:

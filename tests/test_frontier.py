@@ -173,7 +173,5 @@ def test_a_run_with_instruction_sets_held_back_is_a_machine_of_its_own(tmp_path)
     (run / "metrics.json").write_text(json.dumps(metrics))
     limited = frontier.load_run(run)
     assert native["machine"] == "AVX512, 2 thread(s), Intel Xeon Processor"
-    assert limited["machine"] == (
-        "AVX2, 2 thread(s), Intel Xeon Processor, ISA limited by the environment"
-    )
+    assert limited["machine"] == "AVX2, 2 thread(s), Intel Xeon Processor, limits torch=avx2"
     assert limited["label"] == native["label"]  # the same recipe, on another machine kind
