@@ -29,29 +29,26 @@ from face_rec.train import build_trainer  # noqa: E402
 from face_rec.utils.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run", type=Path, help="a training run's folder (with .hydra/config.yaml)")
-    p.add_argument("out", type=Path, help="where the checkpoint with new statistics is written")
-    p.add_argument("--batches", type=int, default=100, help="training batches to average over")
-    p.add_argument("--checkpoint", default="best.pt", help="which of the run's checkpoints")
-    args = p.parse_args()
-    ckpt = load_checkpoint(args.run / "checkpoints" / args.checkpoint)
+def recompute(run: Path, out: Path, batches: int = 100, checkpoint: str = "best.pt") -> Path:
+    """Write ``out / checkpoint``: the run's checkpoint with its average's BatchNorm statistics
+    recomputed over ``batches`` of its first training batches; a ``ValueError`` naming the run
+    for a checkpoint without an average or a run with frozen stages."""
+    ckpt = load_checkpoint(run / "checkpoints" / checkpoint)
     if "train_model" not in ckpt:
-        sys.exit(
-            f"{args.run}: its {args.checkpoint} holds no weight average (trained with "
+        raise ValueError(
+            f"{run}: its {checkpoint} holds no weight average (trained with "
             "trainer.ema_decay=0); use a run trained with trainer.ema_decay > 0, e.g. 0.999"
         )
-    cfg = OmegaConf.load(args.run / ".hydra" / "config.yaml")
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     if cfg.trainer.get("freeze_stages"):
-        sys.exit(
-            f"{args.run}: trained with trainer.freeze_stages={cfg.trainer.freeze_stages}, whose "
+        raise ValueError(
+            f"{run}: trained with trainer.freeze_stages={cfg.trainer.freeze_stages}, whose "
             "BatchNorm statistics training kept; this script would recompute them too, so it "
             "takes only runs without frozen stages"
         )
     cfg.val.sets = {}  # no validation lists are prepared
-    args.out.mkdir(parents=True, exist_ok=True)
-    trainer, _, _ = build_trainer(cfg, args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer, _, _ = build_trainer(cfg, out)
     model = trainer.ema.module
     model.load_state_dict(ckpt["model"])
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -60,16 +57,30 @@ def main() -> None:
         m.reset_running_stats()
         m.momentum = None  # a cumulative (equal-weight) average over the batches
     model.train()
-    batches = trainer.micro_batches()
+    stream = trainer.micro_batches()
     with torch.no_grad():
-        for _ in range(args.batches):
-            images, _, _ = next(batches)
+        for _ in range(batches):
+            images, _, _ = next(stream)
             model(trainer.augment(images).contiguous(memory_format=trainer.memory_format))
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     ckpt["model"] = {k: v.clone() for k, v in model.eval().state_dict().items()}
-    save_checkpoint(args.out / args.checkpoint, ckpt)
-    print(f"{args.out / args.checkpoint}: {len(norms)} BatchNorm layers, {args.batches} batches")
+    save_checkpoint(out / checkpoint, ckpt)
+    return out / checkpoint
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", type=Path, help="a training run's folder (with .hydra/config.yaml)")
+    p.add_argument("out", type=Path, help="where the checkpoint with new statistics is written")
+    p.add_argument("--batches", type=int, default=100, help="training batches to average over")
+    p.add_argument("--checkpoint", default="best.pt", help="which of the run's checkpoints")
+    args = p.parse_args()
+    try:
+        written = recompute(args.run, args.out, args.batches, args.checkpoint)
+    except ValueError as e:
+        sys.exit(str(e))
+    print(f"{written}: BatchNorm statistics recomputed over {args.batches} batches")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 
 import copy
 import importlib.util
-import sys
 
 import pytest
 import torch
@@ -20,11 +19,6 @@ spec = importlib.util.spec_from_file_location(
 )
 bn_recompute = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bn_recompute)
-
-
-def _script(monkeypatch, *args):
-    monkeypatch.setattr(sys, "argv", ["bn_recompute.py", *map(str, args)])
-    bn_recompute.main()
 
 
 def test_statistics_are_update_bns_over_the_runs_own_first_batches(pack, tmp_path, monkeypatch):  # noqa: F811
@@ -44,7 +38,7 @@ def test_statistics_are_update_bns_over_the_runs_own_first_batches(pack, tmp_pat
     assert len(trained) == 3  # one batch per step
     (run / ".hydra").mkdir()
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
-    _script(monkeypatch, run, tmp_path / "out", "--batches", 3, "--checkpoint", "last.pt")
+    bn_recompute.recompute(run, tmp_path / "out", batches=3, checkpoint="last.pt")
     saved = load_checkpoint(run / "checkpoints" / "last.pt")
     got = load_checkpoint(tmp_path / "out" / "last.pt")
     # the reference: torch's update_bn over the batches the training run itself drew and
@@ -65,18 +59,18 @@ def test_statistics_are_update_bns_over_the_runs_own_first_batches(pack, tmp_pat
     assert got["config"] == saved["config"] and got["ema_updates"] == saved["ema_updates"]
 
 
-def test_a_run_without_an_average_is_refused(pack, tmp_path, monkeypatch):  # noqa: F811
+def test_a_run_without_an_average_is_refused(pack, tmp_path):  # noqa: F811
     cfg = _cfg(pack, tmp_path, "trainer.ema_decay=0")
     train_from_config(cfg, tmp_path / "run")
-    with pytest.raises(SystemExit, match="holds no weight average.*ema_decay > 0"):
-        _script(monkeypatch, tmp_path / "run", tmp_path / "out", "--checkpoint", "last.pt")
+    with pytest.raises(ValueError, match="holds no weight average.*ema_decay > 0"):
+        bn_recompute.recompute(tmp_path / "run", tmp_path / "out", checkpoint="last.pt")
 
 
-def test_a_run_with_frozen_stages_is_refused(pack, tmp_path, monkeypatch):  # noqa: F811
+def test_a_run_with_frozen_stages_is_refused(pack, tmp_path):  # noqa: F811
     cfg = _cfg(pack, tmp_path, "trainer.ema_decay=0.5", "trainer.freeze_stages=1")
     run = tmp_path / "run"
     train_from_config(cfg, run)
     (run / ".hydra").mkdir()
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
-    with pytest.raises(SystemExit, match="freeze_stages=1"):
-        _script(monkeypatch, run, tmp_path / "out", "--checkpoint", "last.pt")
+    with pytest.raises(ValueError, match="freeze_stages=1"):
+        bn_recompute.recompute(run, tmp_path / "out", checkpoint="last.pt")
