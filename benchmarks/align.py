@@ -95,7 +95,6 @@ def main() -> None:
                 "ratio_runs": [round(y / x, 2) for x, y in zip(base, mine, strict=True)],
                 "baseline_runs": [round(x, 2) for x in base],
                 "face_rec_runs": [round(x, 2) for x in mine],
-                "cpus": len(os.sched_getaffinity(0)),
             }
         )
     )

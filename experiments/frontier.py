@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from face_rec.report import read_run
+from face_rec.utils.machine import ISA_VARIABLES
 
 CV = " [k-fold CV]"  # label suffix: the reported accuracy's threshold by k-fold CV
 DEFAULT_PEOPLE = "peopleDevTrain.txt"  # lfw_devtrain's identity list: not named in a label
@@ -81,21 +82,12 @@ def load_run(run: Path) -> dict:
     }
 
 
-#: the libraries whose instruction sets face_rec.utils.machine.ISA_VARIABLES limit, for labels
-_LIBRARY = {
-    "ATEN_CPU_CAPABILITY": "torch",
-    "ONEDNN_MAX_CPU_ISA": "onednn",
-    "DNNL_MAX_CPU_ISA": "onednn",
-    "MKL_ENABLE_INSTRUCTIONS": "mkl",
-}
-
-
 def _limits(limits: dict | None) -> str:
     """Instruction sets held back by the environment (AVX2 kernels on an AVX-512 CPU), each
     library's limit named: ``, limits mkl=avx2 onednn=avx2 torch=avx2``."""
     if not limits:
         return ""
-    named = sorted(f"{_LIBRARY.get(k, k)}={v.lower()}" for k, v in limits.items())
+    named = sorted(f"{ISA_VARIABLES.get(k, k)}={v.lower()}" for k, v in limits.items())
     return ", limits " + " ".join(named)
 
 

@@ -50,13 +50,13 @@ def machine_info(device: str | torch.device | None = None) -> dict:
     }
 
 
-#: environment variables that make torch, oneDNN and MKL use fewer instructions than the CPU has
-ISA_VARIABLES = (
-    "ATEN_CPU_CAPABILITY",
-    "ONEDNN_MAX_CPU_ISA",
-    "DNNL_MAX_CPU_ISA",
-    "MKL_ENABLE_INSTRUCTIONS",
-)
+#: environment variables that make a library use fewer instructions than the CPU has -> the library
+ISA_VARIABLES = {
+    "ATEN_CPU_CAPABILITY": "torch",
+    "ONEDNN_MAX_CPU_ISA": "onednn",
+    "DNNL_MAX_CPU_ISA": "onednn",
+    "MKL_ENABLE_INSTRUCTIONS": "mkl",
+}
 
 
 def isa_limits() -> dict[str, str] | None:
