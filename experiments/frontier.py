@@ -62,6 +62,7 @@ def load_run(run: Path) -> dict:
         f"/{lr * t.get('head_lr_scale', 1):g}"  # backbone / class centres
         + (", crop aug" if a.get("tight_crop") or a.get("low_res") else "")
         + (f", weight average {t['ema_decay']:g}" if t.get("ema_decay") else "")
+        + (f", greyscale {a['grayscale']:g}" if a.get("grayscale") else "")
         + (f", shifted at {a['size']} px" if _augmented_resized(cfg) else "")
         + f", {'+'.join(_source(n, s) for n, s in d['sources'].items())}"
         + (f" (identities with >= {least} images)" if least > 1 else "")

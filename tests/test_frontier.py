@@ -164,6 +164,18 @@ def test_a_weight_average_is_a_recipe_of_its_own(tmp_path):
     assert ema.replace(", weight average 0.999", "") == plain
 
 
+def test_greyscale_augmentation_is_a_recipe_of_its_own(tmp_path):
+    runs = [Path(_run(tmp_path, n, 5, 0.87, 1, COSFACE)) for n in ("plain", "off", "grey")]
+    for run, p in zip(runs, (None, 0.0, 0.2), strict=True):
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        if p is not None:
+            cfg["augment"]["grayscale"] = p
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    plain, off, grey = (frontier.load_run(r)["label"] for r in runs)
+    assert off == plain and ", greyscale 0.2" in grey
+    assert grey.replace(", greyscale 0.2", "") == plain
+
+
 def test_a_run_with_instruction_sets_held_back_is_a_machine_of_its_own(tmp_path):
     intel = "Intel(R) Xeon(R) Processor"
     native = frontier.load_run(Path(_run(tmp_path, "native", 9, 0.88, 2, COSFACE, cpu=intel)))
