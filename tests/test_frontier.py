@@ -152,26 +152,26 @@ def test_shifting_after_the_resize_is_a_recipe_of_its_own(tmp_path):
     assert same == before  # at the crop's own size there is nothing to resize first
 
 
-def test_a_weight_average_is_a_recipe_of_its_own(tmp_path):
-    runs = [Path(_run(tmp_path, n, 5, 0.87, 1, COSFACE)) for n in ("plain", "off", "ema")]
-    for run, decay in zip(runs, (None, 0.0, 0.999), strict=True):
+def _labels_with(tmp_path, section, key, value):
+    """Labels of three runs: without ``section.key`` (runs before the key have none), with it
+    at 0 (off), and with it at ``value``."""
+    runs = [Path(_run(tmp_path, n, 5, 0.87, 1, COSFACE)) for n in ("plain", "off", "on")]
+    for run, v in zip(runs, (None, 0.0, value), strict=True):
         cfg = yaml.safe_load((run / "config.yaml").read_text())
-        if decay is not None:  # runs before the key have none
-            cfg["trainer"]["ema_decay"] = decay
+        if v is not None:
+            cfg[section][key] = v
         (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    plain, off, ema = (frontier.load_run(r)["label"] for r in runs)
+    return [frontier.load_run(r)["label"] for r in runs]
+
+
+def test_a_weight_average_is_a_recipe_of_its_own(tmp_path):
+    plain, off, ema = _labels_with(tmp_path, "trainer", "ema_decay", 0.999)
     assert off == plain and ", weight average 0.999" in ema
     assert ema.replace(", weight average 0.999", "") == plain
 
 
 def test_greyscale_augmentation_is_a_recipe_of_its_own(tmp_path):
-    runs = [Path(_run(tmp_path, n, 5, 0.87, 1, COSFACE)) for n in ("plain", "off", "grey")]
-    for run, p in zip(runs, (None, 0.0, 0.2), strict=True):
-        cfg = yaml.safe_load((run / "config.yaml").read_text())
-        if p is not None:
-            cfg["augment"]["grayscale"] = p
-        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    plain, off, grey = (frontier.load_run(r)["label"] for r in runs)
+    plain, off, grey = _labels_with(tmp_path, "augment", "grayscale", 0.2)
     assert off == plain and ", greyscale 0.2" in grey
     assert grey.replace(", greyscale 0.2", "") == plain
 
